@@ -1,0 +1,6 @@
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace deeprank {
+void bind_topk(pybind11::module_& m);
+}  // namespace deeprank
