@@ -3,7 +3,13 @@
 // error string), std::invalid_argument -> ValueError (arguments the kernels cannot take).
 #pragma once
 
+#ifdef DEEPRANK_CUDA_EMULATION
+#include "common/cuda_emulation.cuh"  // CPU emulation for tests (never in a build)
+#define DEEPRANK_LAUNCH(kernel, grid, threads, smem, stream) ::emu::launcher(kernel, grid, threads, smem)
+#else
 #include <cuda_runtime.h>
+#define DEEPRANK_LAUNCH(kernel, grid, threads, smem, stream) kernel<<<grid, threads, smem, stream>>>
+#endif
 
 #include <stdexcept>
 #include <string>

@@ -27,8 +27,6 @@
 //
 // Workspace: M * S * K' * 8 bytes (S = plan.splits, K' = k + 32); shared memory per partial block
 // 64*BM + 8448 + 8*BM*K' bytes, per merge block 8*(warps*K' + pow2ceil(K')) bytes.
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
@@ -84,7 +82,10 @@ __device__ __forceinline__ void warp_insert(uint64_t* L, int K, uint64_t key, in
 
 // Merges the ascending run[0, K) into the warp's list L (both of length K, keys distinct).
 __device__ void warp_merge_run(uint64_t* L, int K, const uint64_t* run, int lane) {
-  if (L[0] == kEmpty) {  // nothing kept yet: the sorted run is the answer
+  // Every lane must read L[0] before any lane overwrites it (lanes of a warp are not in lockstep).
+  const bool empty = L[0] == kEmpty;
+  __syncwarp();
+  if (empty) {  // nothing kept yet: the sorted run is the answer
     for (int t = lane; t < K; t += 32) L[t] = run[t];
     __syncwarp();
     return;
@@ -300,8 +301,8 @@ void launch_partial(dim3 grid, size_t smem, cudaStream_t stream, const float* qu
   check(cudaFuncSetAttribute(topk_partial_kernel<RW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(smem)),
         "cudaFuncSetAttribute(topk_partial_kernel)");
-  topk_partial_kernel<RW><<<grid, kThreads, smem, stream>>>(queries, database, m, n, d, K, split_rows, splits,
-                                                            workspace);
+  DEEPRANK_LAUNCH(topk_partial_kernel<RW>, grid, kThreads, smem, stream)(queries, database, m, n, d, K, split_rows,
+                                                                         splits, workspace);
   check_launch("topk_partial_kernel");
 }
 
@@ -389,7 +390,7 @@ void topk_launch(const float* queries, const float* database, int64_t m, int64_t
   check(cudaFuncSetAttribute(topk_merge_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(merge_smem)),
         "cudaFuncSetAttribute(topk_merge_kernel)");
-  topk_merge_kernel<<<static_cast<unsigned>(m), 32 * plan.merge_warps, merge_smem, stream>>>(
+  DEEPRANK_LAUNCH(topk_merge_kernel, static_cast<unsigned>(m), 32 * plan.merge_warps, merge_smem, stream)(
       queries, database, di, ws, plan.splits, K, static_cast<int>(k), pow2_ceil(K), out_dist, out_idx);
   check_launch("topk_merge_kernel");
 }
