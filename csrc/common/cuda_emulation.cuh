@@ -95,11 +95,13 @@ struct Launcher {
   size_t smem;
   template <class... Args>
   void operator()(Args... args) const {
-    if (smem > kSharedBytes || shared_memory == nullptr) throw std::runtime_error("emulator: no room for shared memory");
+    if (smem > 0 && (smem > kSharedBytes || shared_memory == nullptr)) {
+      throw std::runtime_error("emulator: no room for the dynamic shared memory");
+    }
     if (threads.x % 32 != 0 || threads.y != 1 || threads.z != 1) throw std::runtime_error("emulator: 1-D blocks of warps only");
     for (unsigned by = 0; by < grid.y; ++by) {
       for (unsigned bx = 0; bx < grid.x; ++bx) {
-        std::memset(shared_memory, 0xcd, smem);
+        if (smem > 0) std::memset(shared_memory, 0xcd, smem);
         Block b(threads.x);
         std::vector<std::thread> pool;
         pool.reserve(threads.x);

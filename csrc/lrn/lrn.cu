@@ -16,8 +16,6 @@
 // value only affects the windows that contain it). The backward recomputes the scale from x. Loads
 // are issued 4 channels ahead to keep enough bytes in flight. Sizes above 32 are refused (ValueError).
 // No workspace.
-#include <cuda_runtime.h>
-
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -167,6 +165,25 @@ int ring_size(int64_t size) {
   return size <= 8 ? 8 : (size <= 16 ? 16 : 32);
 }
 
+// Sizes 3 and 5 (the common ones) get kernels with the size fixed at compile time.
+template <class T>
+auto forward_kernel(int size, int ring) {
+  if (size == 5) return lrn_forward_kernel<T, 8, 5>;
+  if (size == 3) return lrn_forward_kernel<T, 8, 3>;
+  if (ring == 8) return lrn_forward_kernel<T, 8, 0>;
+  if (ring == 16) return lrn_forward_kernel<T, 16, 0>;
+  return lrn_forward_kernel<T, 32, 0>;
+}
+
+template <class T>
+auto backward_kernel(int size, int ring) {
+  if (size == 5) return lrn_backward_kernel<T, 8, 5>;
+  if (size == 3) return lrn_backward_kernel<T, 8, 3>;
+  if (ring == 8) return lrn_backward_kernel<T, 8, 0>;
+  if (ring == 16) return lrn_backward_kernel<T, 16, 0>;
+  return lrn_backward_kernel<T, 32, 0>;
+}
+
 unsigned grid_for(int64_t columns) {
   const int64_t blocks = (columns + kThreads - 1) / kThreads;
   if (blocks > 0x7fffffffLL) throw std::invalid_argument("lrn input too large for one CUDA launch");
@@ -186,17 +203,8 @@ void lrn_forward_launch(const T* x, int64_t batch, int64_t channels, int64_t spa
   const unsigned grid = grid_for(columns);
   const int sz = static_cast<int>(size);
   const T a = static_cast<T>(alpha), bt = static_cast<T>(beta), kk = static_cast<T>(k);
-  if (sz == 5) {
-    lrn_forward_kernel<T, 8, 5><<<grid, kThreads, 0, stream>>>(x, batch, channels, spatial, sz, a, bt, kk, y);
-  } else if (sz == 3) {
-    lrn_forward_kernel<T, 8, 3><<<grid, kThreads, 0, stream>>>(x, batch, channels, spatial, sz, a, bt, kk, y);
-  } else if (R == 8) {
-    lrn_forward_kernel<T, 8, 0><<<grid, kThreads, 0, stream>>>(x, batch, channels, spatial, sz, a, bt, kk, y);
-  } else if (R == 16) {
-    lrn_forward_kernel<T, 16, 0><<<grid, kThreads, 0, stream>>>(x, batch, channels, spatial, sz, a, bt, kk, y);
-  } else {
-    lrn_forward_kernel<T, 32, 0><<<grid, kThreads, 0, stream>>>(x, batch, channels, spatial, sz, a, bt, kk, y);
-  }
+  const auto kernel = forward_kernel<T>(sz, R);
+  DEEPRANK_LAUNCH(kernel, grid, kThreads, 0, stream)(x, batch, channels, spatial, sz, a, bt, kk, y);
   check_launch("lrn_forward_kernel");
 }
 
@@ -212,22 +220,8 @@ void lrn_backward_launch(const T* grad_y, const T* x, int64_t batch, int64_t cha
   const unsigned grid = grid_for(columns);
   const int sz = static_cast<int>(size);
   const T a = static_cast<T>(alpha), bt = static_cast<T>(beta), kk = static_cast<T>(k);
-  if (sz == 5) {
-    lrn_backward_kernel<T, 8, 5>
-        <<<grid, kThreads, 0, stream>>>(grad_y, x, batch, channels, spatial, sz, a, bt, kk, grad_x);
-  } else if (sz == 3) {
-    lrn_backward_kernel<T, 8, 3>
-        <<<grid, kThreads, 0, stream>>>(grad_y, x, batch, channels, spatial, sz, a, bt, kk, grad_x);
-  } else if (R == 8) {
-    lrn_backward_kernel<T, 8, 0>
-        <<<grid, kThreads, 0, stream>>>(grad_y, x, batch, channels, spatial, sz, a, bt, kk, grad_x);
-  } else if (R == 16) {
-    lrn_backward_kernel<T, 16, 0>
-        <<<grid, kThreads, 0, stream>>>(grad_y, x, batch, channels, spatial, sz, a, bt, kk, grad_x);
-  } else {
-    lrn_backward_kernel<T, 32, 0>
-        <<<grid, kThreads, 0, stream>>>(grad_y, x, batch, channels, spatial, sz, a, bt, kk, grad_x);
-  }
+  const auto kernel = backward_kernel<T>(sz, R);
+  DEEPRANK_LAUNCH(kernel, grid, kThreads, 0, stream)(grad_y, x, batch, channels, spatial, sz, a, bt, kk, grad_x);
   check_launch("lrn_backward_kernel");
 }
 

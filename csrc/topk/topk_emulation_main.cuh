@@ -4,7 +4,10 @@
 // index). tests/test_cuda.py builds and runs it where no GPU is present:
 //
 //   g++ -std=c++20 -O1 -pthread -DDEEPRANK_CUDA_EMULATION -Icsrc -x c++ csrc/topk/topk_emulation_main.cuh -o emu
-//   ./emu M N D K SEED MODE SMS     MODE: normal | ties | nan     prints the plan, then "ok" or a mismatch
+//   ./emu M N D K SEED MODE SMS     MODE: normal | ties | nan | sorted
+// prints the plan, then "ok" or the first mismatch. "sorted" orders the database by decreasing
+// distance to query 0, so the last split holds all its neighbours and the merge has to take a whole
+// run into a list that is already full.
 #ifndef DEEPRANK_CUDA_EMULATION
 #error "build with -DDEEPRANK_CUDA_EMULATION"
 #endif
@@ -81,6 +84,20 @@ int main(int argc, char** argv) {
   } else {
     for (float& v : q) v = normal(gen);
     for (float& v : x) v = normal(gen);
+    if (mode == "sorted") {
+      std::vector<std::pair<double, int>> order(static_cast<size_t>(n));
+      for (int i = 0; i < n; ++i) {
+        double s = 0;
+        for (int j = 0; j < d; ++j) s += std::pow(double(q[j]) - double(x[static_cast<size_t>(i) * d + j]), 2);
+        order[i] = {s, i};
+      }
+      std::sort(order.rbegin(), order.rend());
+      std::vector<float> sorted(x.size());
+      for (int i = 0; i < n; ++i) {
+        std::copy_n(&x[static_cast<size_t>(order[i].second) * d], d, &sorted[static_cast<size_t>(i) * d]);
+      }
+      x.swap(sorted);
+    }
     if (mode == "nan") {
       const float nan = std::nanf("");
       if (m > 1) q[static_cast<size_t>(1) * d + static_cast<size_t>(d / 2)] = nan;

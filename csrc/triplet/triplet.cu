@@ -11,8 +11,6 @@
 // registers: HBM traffic is one read of q, p, n and one write of dq, dp, dn. Longer rows re-read
 // the part that did not fit. Rows whose length and base addresses allow it use 16-byte vectors.
 // No workspace.
-#include <cuda_runtime.h>
-
 #include <cstdint>
 #include <initializer_list>
 #include <stdexcept>
@@ -193,11 +191,8 @@ void triplet_forward_launch(const T* q, const T* p, const T* n, int64_t rows, in
   const int W = vector_width<T>(dim, {q, p, n});
   const int threads = block_threads(dim / W, elems_per_thread<T>() / W);
   const unsigned blocks = static_cast<unsigned>(rows);
-  if (W == 1) {
-    triplet_forward_kernel<T, 1><<<blocks, threads, 0, stream>>>(q, p, n, dim, margin, losses);
-  } else {
-    triplet_forward_kernel<T, 16 / sizeof(T)><<<blocks, threads, 0, stream>>>(q, p, n, dim, margin, losses);
-  }
+  auto kernel = W == 1 ? triplet_forward_kernel<T, 1> : triplet_forward_kernel<T, 16 / sizeof(T)>;
+  DEEPRANK_LAUNCH(kernel, blocks, threads, 0, stream)(q, p, n, dim, margin, losses);
   check_launch("triplet_forward_kernel");
 }
 
@@ -211,12 +206,8 @@ void triplet_backward_launch(const T* grad, const T* q, const T* p, const T* n, 
   const int W = vector_width<T>(dim, {q, p, n, dq, dp, dn});
   const int threads = block_threads(dim / W, elems_per_thread<T>() / W);
   const unsigned blocks = static_cast<unsigned>(rows);
-  if (W == 1) {
-    triplet_backward_kernel<T, 1><<<blocks, threads, 0, stream>>>(grad, q, p, n, dim, margin, dq, dp, dn);
-  } else {
-    triplet_backward_kernel<T, 16 / sizeof(T)>
-        <<<blocks, threads, 0, stream>>>(grad, q, p, n, dim, margin, dq, dp, dn);
-  }
+  auto kernel = W == 1 ? triplet_backward_kernel<T, 1> : triplet_backward_kernel<T, 16 / sizeof(T)>;
+  DEEPRANK_LAUNCH(kernel, blocks, threads, 0, stream)(grad, q, p, n, dim, margin, dq, dp, dn);
   check_launch("triplet_backward_kernel");
 }
 
