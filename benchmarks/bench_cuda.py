@@ -175,10 +175,15 @@ def bench_triplet(b: int, d: int, bw: float) -> dict:
     ours = time_cuda(ours_fn)
     qa, pa, na = (t.clone().requires_grad_() for t in (q, p, n))
 
+    def fresh():  # no gradient accumulation (it would add a read-modify-write of dq, dp, dn)
+        qa.grad = pa.grad = na.grad = None
+
     def api_fn():  # the public op: dispatcher + autograd + sum reduction
+        fresh()
         deeprank.triplet_loss(qa, pa, na, 1.0, reduction="sum").backward()
 
     def eager_fn():
+        fresh()
         composed_triplet(qa, pa, na).sum().backward()
 
     baselines = {"deeprank_public_api": time_cuda(api_fn), "torch_composed_eager": time_cuda(eager_fn)}
@@ -186,6 +191,7 @@ def bench_triplet(b: int, d: int, bw: float) -> dict:
         compiled = torch.compile(lambda a, b_, c: composed_triplet(a, b_, c).sum())
 
         def compiled_fn():
+            fresh()
             compiled(qa, pa, na).backward()
 
         baselines["torch_composed_compile"] = time_cuda(compiled_fn, warmup=5)
@@ -219,9 +225,11 @@ def bench_lrn(shape: tuple[int, ...], bw: float) -> dict:
     module = torch.nn.LocalResponseNorm(*args)
 
     def api_fn():
+        xa.grad = None
         deeprank.lrn(xa, *args).backward(g)
 
     def torch_fn():
+        xa.grad = None
         module(xa).backward(g)
 
     baselines = {"deeprank_public_api": time_cuda(api_fn), "torch_nn_LocalResponseNorm": time_cuda(torch_fn)}
