@@ -14,7 +14,7 @@
 // sizes pick ring entries at run time, which the compiler may place in local memory: slower), and
 // each window is summed directly in channel order (nothing is ever subtracted, so a huge or non-finite
 // value only affects the windows that contain it). The backward recomputes the scale from x. Loads
-// are issued 4 channels ahead to keep enough bytes in flight. Sizes above 32 are refused (ValueError).
+// are issued 8 channels ahead to keep enough bytes in flight. Sizes above 32 are refused (ValueError).
 // No workspace.
 #include <cstdint>
 #include <stdexcept>
@@ -27,7 +27,7 @@ namespace deeprank::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kAhead = 4;  // channels loaded ahead of use
+constexpr int kAhead = 8;  // channels loaded ahead of use (bytes in flight for a latency-bound walk)
 
 template <class T, int R>
 __device__ __forceinline__ void push(T (&ring)[R], T value) {
