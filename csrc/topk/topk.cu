@@ -153,6 +153,8 @@ __global__ void __launch_bounds__(kThreads)
         Xs[col * kXsStride + row] = (gn < n_end && gd < d) ? database[static_cast<size_t>(gn) * d + gd] : 0.f;
       }
       __syncthreads();
+      // A warp whose queries are all past M (M = 1 uses one warp of eight) only helps with loading.
+      if (q0 + warp * RW >= m) continue;
 #pragma unroll
       for (int kk = 0; kk < kTileD; ++kk) {
         const float4 b = *reinterpret_cast<const float4*>(Xs + kk * kXsStride + lane * 4);
