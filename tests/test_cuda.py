@@ -559,6 +559,22 @@ def test_cuda_module_imports_and_reports_devices_without_crashing():
     assert mod.lrn_max_size >= 5
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or cuda_module() is None, reason="needs torch with a GPU and _cuda"
+)
+def test_cuda_module_sees_the_gpu_torch_sees():
+    """Where torch has a GPU, deeprank._cuda must see it too (else every GPU test above would skip quietly).
+
+    The usual cause is a driver older than the CUDA runtime deeprank._cuda was built with.
+    """
+    try:
+        count = cuda_module().device_count()
+    except RuntimeError as e:
+        pytest.fail(f"deeprank._cuda cannot use the GPU torch sees: {e}")
+    assert count == torch.cuda.device_count()
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
