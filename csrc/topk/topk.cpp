@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cfloat>
 #include <cmath>
 #include <limits>
@@ -144,6 +147,18 @@ Plan make_plan(int64_t mq, int64_t n, int64_t d, int threads) {
   return p;
 }
 
+// DEEPRANK_TOPK_TRACE=1 prints the time of each phase to stderr (for tuning).
+struct PhaseTimer {
+  bool on = std::getenv("DEEPRANK_TOPK_TRACE") != nullptr;
+  std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+  void mark(const char* what) {
+    if (!on) return;
+    const auto now = std::chrono::steady_clock::now();
+    std::fprintf(stderr, "topk %-10s %8.1f ms\n", what, std::chrono::duration<double, std::milli>(now - last).count());
+    last = now;
+  }
+};
+
 }  // namespace
 
 void squared_norms(const float* x, int64_t n, int64_t d, float* out, int threads) {
@@ -165,6 +180,7 @@ void topk_search(const float* queries, int64_t m, const float* database, int64_t
                  const float* database_norms, int64_t k, float* out_dist, int64_t* out_idx, int threads) {
   if (m <= 0) return;
   if (threads <= 0) threads = get_num_threads();
+  PhaseTimer timer;
 
   // Database norms; rows whose norm is not finite or huge are set aside ("special" rows).
   std::vector<float> own_norms;
@@ -221,6 +237,7 @@ void topk_search(const float* queries, int64_t m, const float* database, int64_t
       threads);
 
   const int64_t mq = static_cast<int64_t>(normal.size());
+  timer.mark("prepare");
   if (mq == 0) return;
 
   // Rigorous bound on the float32 error of f = ||x||^2 - 2 q.x (both dot products accumulate at
@@ -293,19 +310,17 @@ void topk_search(const float* queries, int64_t m, const float* database, int64_t
     }
   });
 
-  // Merge the splits of each query, keep the rows within the slack of the k-th best f, recompute
-  // their distances exactly, add the special rows, and sort.
+  timer.mark("scan");
+  // 1. Merge the splits of each query and keep the rows within the slack of the k-th best f, plus
+  //    the special rows.
+  std::vector<std::vector<int64_t>> final_rows(static_cast<size_t>(mq));
   parallel_for(
       mq, 16,
       [&](int64_t b, int64_t e) {
-        std::vector<float> f, dist;
-        std::vector<int64_t> rows;
-        std::vector<int64_t> order;
+        std::vector<float> f, tmp;
         for (int64_t t = b; t < e; ++t) {
-          const int64_t i = normal[t];
-          const float* q = queries + i * d;
+          std::vector<int64_t>& rows = final_rows[t];
           f.clear();
-          rows.clear();
           for (int64_t s = 0; s < p.splits; ++s) {
             Candidates& c = cand[s * mq + t];
             f.insert(f.end(), c.f.begin(), c.f.end());
@@ -313,9 +328,9 @@ void topk_search(const float* queries, int64_t m, const float* database, int64_t
             c = Candidates();  // free early
           }
           if (static_cast<int64_t>(f.size()) >= k) {
-            dist.assign(f.begin(), f.end());
-            std::nth_element(dist.begin(), dist.begin() + (k - 1), dist.end());
-            const float window = std::nextafter(dist[k - 1] + slack[t], FLT_MAX);
+            tmp.assign(f.begin(), f.end());
+            std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end());
+            const float window = std::nextafter(tmp[k - 1] + slack[t], FLT_MAX);
             size_t kept = 0;
             for (size_t j = 0; j < f.size(); ++j) {
               if (f[j] <= window) rows[kept++] = rows[j];
@@ -323,21 +338,74 @@ void topk_search(const float* queries, int64_t m, const float* database, int64_t
             rows.resize(kept);
           }
           rows.insert(rows.end(), special.begin(), special.end());
+        }
+      },
+      threads);
+
+  timer.mark("merge");
+  // 2. Exact distances of every (query, candidate row) pair, grouped by database region so each
+  //    row is fetched from memory once for all the queries that kept it (k = 1000 and M = 1024 make
+  //    a million pairs: gathered per query they would re-read the database many times over).
+  std::vector<int64_t> offset(static_cast<size_t>(mq) + 1, 0);
+  for (int64_t t = 0; t < mq; ++t) offset[t + 1] = offset[t] + static_cast<int64_t>(final_rows[t].size());
+  const int64_t pairs = offset[mq];
+  std::vector<float> exact(static_cast<size_t>(pairs));
+  {
+    const int64_t region = std::max<int64_t>(1, kQueryBlockBytes / (4 * d));
+    const int64_t regions = ceil_div(n, region);
+    std::vector<int64_t> start(static_cast<size_t>(regions) + 1, 0);
+    for (int64_t t = 0; t < mq; ++t) {
+      for (int64_t r : final_rows[t]) ++start[r / region + 1];
+    }
+    for (int64_t g = 0; g < regions; ++g) start[g + 1] += start[g];
+    std::vector<int64_t> pos(start.begin(), start.end() - 1);
+    std::vector<int64_t> pair_slot(static_cast<size_t>(pairs));
+    std::vector<int32_t> pair_query(static_cast<size_t>(pairs));
+    for (int64_t t = 0; t < mq; ++t) {
+      const std::vector<int64_t>& rows = final_rows[t];
+      for (size_t j = 0; j < rows.size(); ++j) {
+        const int64_t at = pos[rows[j] / region]++;
+        pair_slot[at] = offset[t] + static_cast<int64_t>(j);
+        pair_query[at] = static_cast<int32_t>(t);
+      }
+    }
+    parallel_for(
+        regions, 1,
+        [&](int64_t b, int64_t e) {
+          for (int64_t at = start[b]; at < start[e]; ++at) {
+            const int64_t t = pair_query[at], slot = pair_slot[at];
+            const int64_t row = final_rows[t][slot - offset[t]];
+            exact[slot] = static_cast<float>(
+                DEEPRANK_ISA_CALL(topk_exact_sqdist, queries + normal[t] * d, database + row * d, d));
+          }
+        },
+        threads);
+  }
+
+  timer.mark("exact");
+  // 3. Sort each query's candidates by (exact distance, index) and write the k best.
+  parallel_for(
+      mq, 16,
+      [&](int64_t b, int64_t e) {
+        std::vector<int64_t> order;
+        for (int64_t t = b; t < e; ++t) {
+          const int64_t i = normal[t];
+          const std::vector<int64_t>& rows = final_rows[t];
+          const float* dist = exact.data() + offset[t];
           float* od = out_dist + i * k;
           int64_t* oi = out_idx + i * k;
           if (static_cast<int64_t>(rows.size()) < k) {
-            brute_force(q, database, n, d, k, od, oi);
+            brute_force(queries + i * d, database, n, d, k, od, oi);  // safety net (e.g. wrong norms)
             continue;
           }
-          dist.resize(rows.size());
           order.resize(rows.size());
-          for (size_t j = 0; j < rows.size(); ++j) {
-            dist[j] = static_cast<float>(DEEPRANK_ISA_CALL(topk_exact_sqdist, q, database + rows[j] * d, d));
-            order[j] = static_cast<int64_t>(j);
+          for (size_t j = 0; j < rows.size(); ++j) order[j] = static_cast<int64_t>(j);
+          const auto less = [&](int64_t a, int64_t c) { return result_before(dist[a], rows[a], dist[c], rows[c]); };
+          if (static_cast<int64_t>(rows.size()) <= 2 * k) {
+            std::sort(order.begin(), order.end(), less);
+          } else {
+            std::partial_sort(order.begin(), order.begin() + k, order.end(), less);
           }
-          std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int64_t a, int64_t c) {
-            return result_before(dist[a], rows[a], dist[c], rows[c]);
-          });
           for (int64_t j = 0; j < k; ++j) {
             od[j] = dist[order[j]];
             oi[j] = rows[order[j]];
@@ -345,6 +413,7 @@ void topk_search(const float* queries, int64_t m, const float* database, int64_t
         }
       },
       threads);
+  timer.mark("sort");
 }
 
 }  // namespace deeprank
