@@ -28,6 +28,8 @@ constexpr int64_t kFewQueries = 4;
 constexpr int64_t kQueryBlockBytes = 256 * 1024;
 constexpr int64_t kMaxQueryBlock = 512;
 constexpr int64_t kTileBytes = 384 * 1024;
+// Database rows per group of the exact pass (fits L2 next to a few query rows).
+constexpr int64_t kRegionBytes = 512 * 1024;
 // Database tiles are a multiple of every kernel's row step (12, 6, 4).
 constexpr int64_t kRowStep = 24;
 
@@ -351,7 +353,8 @@ void topk_search(const float* queries, int64_t m, const float* database, int64_t
   const int64_t pairs = offset[mq];
   std::vector<float> exact(static_cast<size_t>(pairs));
   {
-    const int64_t region = std::max<int64_t>(1, kQueryBlockBytes / (4 * d));
+    // Pairs are in query order within a region, so a query's row is reused for all its pairs there.
+    const int64_t region = std::max<int64_t>(1, kRegionBytes / (4 * d));
     const int64_t regions = ceil_div(n, region);
     std::vector<int64_t> start(static_cast<size_t>(regions) + 1, 0);
     for (int64_t t = 0; t < mq; ++t) {

@@ -229,17 +229,5 @@ double topk_exact_sqdist(const float* a, const float* b, int64_t d) {
   return s;
 }
 
-void topk_exact_rows(const float* q, const float* x, int64_t d, const int64_t* rows, int64_t count, float* out) {
-  // Candidate rows are scattered over the database and each starts a new stream the hardware
-  // prefetcher has not seen: fetch the next row while this one is being summed.
-  for (int64_t j = 0; j < count; ++j) {
-    if (j + 1 < count) {
-      const char* next = reinterpret_cast<const char*>(x + rows[j + 1] * d);
-      for (int64_t b = 0; b < d * 4; b += 64) __builtin_prefetch(next + b, 0, 3);
-    }
-    out[j] = static_cast<float>(topk_exact_sqdist(q, x + rows[j] * d, d));
-  }
-}
-
 }  // namespace DEEPRANK_ISA
 }  // namespace deeprank

@@ -36,6 +36,3 @@ DEEPRANK_DECLARE_ISA_VARIANTS(void topk_scan_rows(const float* q, int nq, int64_
                                                    ::deeprank::HitSink& sink))
 // sum((a - b)^2) accumulated in float64.
 DEEPRANK_DECLARE_ISA_VARIANTS(double topk_exact_sqdist(const float* a, const float* b, int64_t d))
-// out[j] = float32(sum((q - x[rows[j]])^2) in float64) for j < count.
-DEEPRANK_DECLARE_ISA_VARIANTS(void topk_exact_rows(const float* q, const float* x, int64_t d, const int64_t* rows,
-                                                    int64_t count, float* out))
