@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk-bytes", type=float, default=2**30, help="max distance bytes for torch/numpy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/topk[_quick].json)")
+    p.add_argument("--markdown", metavar="JSON", default=None, help="print a results file as a table; no run")
     return p.parse_args(argv)
 
 
@@ -227,8 +228,33 @@ def print_summary(rows: list[dict[str, Any]], n: int, d: int, wanted: list[str])
     print_table(table, columns, title=f"N={n:,} D={d}: median times; X/dr = X's time / deeprank's time")
 
 
+def markdown_table(path: str) -> str:
+    """A Markdown table of a results file: times, ratios (X's time / deeprank's) and floors."""
+    import json
+
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    lines = [
+        "| N x D | M | K | floor | deeprank | faiss | torch | numpy | faiss/dr | torch/dr | numpy/dr |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in data["results"]:
+        t = {nm: r[nm]["median_s"] for nm in ("deeprank", "faiss", "torch", "numpy") if nm in r}
+        others = ("faiss", "torch", "numpy")
+        ratio = {nm: f"{r[nm + '_ratio']:.2f}x" if nm + "_ratio" in r else "-" for nm in others}
+        lines.append(
+            f"| {r['N']:,} x {r['D']} | {r['M']} | {r['K']} | {format_seconds(r['floor_s'])} | "
+            + " | ".join(format_seconds(t.get(nm)) for nm in ("deeprank", "faiss", "torch", "numpy"))
+            + f" | {ratio['faiss']} | {ratio['torch']} | {ratio['numpy']} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.markdown:
+        print(markdown_table(args.markdown))
+        return 0
     threads = args.threads or deeprank.get_num_threads()
     deeprank.set_num_threads(threads)
     wanted = [m for m in args.methods.split(",") if m]
@@ -243,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()
     print(f"machine: {info['cpu']}, {info['cpus_usable']} CPUs, load {info.get('load_average')}")
-    bandwidth = measure_read_bandwidth()
+    bandwidth = measure_read_bandwidth(threads)
     gemm = measure_gemm_rate(threads)
-    print(f"memory read bandwidth {bandwidth / 1e9:.1f} GB/s (numpy sum), sgemm {gemm / 1e9:.0f} GFLOP/s")
+    print(f"memory read bandwidth {bandwidth / 1e9:.1f} GB/s (array sum), sgemm {gemm / 1e9:.0f} GFLOP/s")
 
     rng = np.random.default_rng(args.seed)
     results: list[dict[str, Any]] = []

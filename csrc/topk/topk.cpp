@@ -175,6 +175,7 @@ size_t topk_workspace_bytes(int64_t m, int64_t n, int64_t d, int64_t k, int thre
   size_t bytes = 4 * static_cast<size_t>(m) + (norms_given ? 0 : 4 * static_cast<size_t>(n));
   bytes += static_cast<size_t>(threads) * 4 * static_cast<size_t>(round_up(p.qblock, p.lanes) * d);
   bytes += static_cast<size_t>(m) * p.splits * 12 * static_cast<size_t>(buffer_slots(k));
+  bytes += static_cast<size_t>(m) * static_cast<size_t>(k) * 32;
   return bytes;
 }
 

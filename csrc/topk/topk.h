@@ -20,8 +20,11 @@
 // Workspace (bytes), beyond the inputs and the m x k results:
 //   4 n (database norms, only when not given) + 4 m (query norms)
 //   + T * 4 * Mb * d (packed query blocks, Mb <= 512 queries, one per worker thread T)
-//   + m * S * 12 * C (candidate buffers, S <= 4 T database splits, C = max(2k, k + 256) slots,
-//                     grown only while more than C/2 candidates tie within the error bound)
+//   + m * S * 12 * C (candidate buffers during the scan, S <= 2 T database splits,
+//                     C = max(2k, k + 256) slots, grown only while more than C/2 candidates tie
+//                     within the error bound)
+//   + m * k * 32 (the exact pass: row, slot, query and distance of each final candidate; more
+//                 only for rows tying within the error bound)
 // See topk_workspace_bytes.
 #pragma once
 
