@@ -59,7 +59,9 @@ def _require_same_device(op: str, **tensors: Tensor) -> None:
 def _as_ncs(t: Tensor) -> Tensor:
     """[N, C, *] viewed as [N, C, S] (S = product of the trailing sizes; a contiguous tensor)."""
     if t.dim() < 3:
-        raise ValueError(f"lrn input must be [N, C, *] with at least 3 dimensions, got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"lrn input must be [N, C, *] with at least 3 dimensions, got shape {tuple(t.shape)}"
+        )
     return t.view(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
 
 
@@ -95,7 +97,9 @@ def _triplet_backward(
     grad_losses = grad_losses.contiguous()  # the gradient of a mean arrives expanded (stride 0)
     q, p, n = q.contiguous(), p.contiguous(), n.contiguous()
     dq, dp, dn = q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
-    _C.triplet_backward(_host(grad_losses), _host(q), _host(p), _host(n), margin, _host(dq), _host(dp), _host(dn))
+    _C.triplet_backward(
+        _host(grad_losses), _host(q), _host(p), _host(n), margin, _host(dq), _host(dp), _host(dn)
+    )
     return dq, dp, dn
 
 
@@ -275,7 +279,8 @@ def triplet_loss(q: Tensor, p: Tensor, n: Tensor, margin: float = 1.0, reduction
             raise ValueError(f"{name} must be a 2-D [B, D] tensor, got {t.dim()}-D shape {tuple(t.shape)}")
     if not (q.shape == p.shape == n.shape):
         raise ValueError(
-            f"q, p and n must have the same [B, D] shape, got {tuple(q.shape)}, {tuple(p.shape)}, {tuple(n.shape)}"
+            "q, p and n must have the same [B, D] shape, got "
+            f"{tuple(q.shape)}, {tuple(p.shape)}, {tuple(n.shape)}"
         )
     if not (q.dtype == p.dtype == n.dtype):
         raise TypeError(f"q, p and n must have one dtype, got {q.dtype}, {p.dtype}, {n.dtype}")

@@ -23,11 +23,16 @@ bool is_float32(py::handle obj, const char* name) {
   throw py::type_error(std::string(name) + " must be a float32 or float64 array, got " + describe(info));
 }
 
+std::string shape_str(const py::buffer_info& info) {
+  std::string s = "(";
+  for (size_t d = 0; d < info.shape.size(); ++d) s += (d ? ", " : "") + std::to_string(info.shape[d]);
+  return s + (info.shape.size() == 1 ? ",)" : ")");
+}
+
 void require_shape(const py::buffer_info& info, const py::buffer_info& like, const char* name, const char* like_name) {
   if (info.shape != like.shape) {
-    throw py::value_error(std::string(name) + " must have the shape of " + like_name + ", got " +
-                          py::str(py::tuple(py::cast(info.shape))).cast<std::string>() + " vs " +
-                          py::str(py::tuple(py::cast(like.shape))).cast<std::string>());
+    throw py::value_error(std::string(name) + " must have the shape of " + like_name + " " + shape_str(like) +
+                          ", got " + shape_str(info));
   }
 }
 
