@@ -87,9 +87,10 @@ def test_huge_channel_next_to_small_ones(rng, isa, dtype):
     y_ref, gx_ref = _forward_and_grad(
         lambda t: lrn_reference(t, 3, 1.0, 0.75, 1e-3), x.double(), grad_y.double()
     )
-    tol = dict(rtol=1e-11, atol=0) if dtype == torch.float64 else dict(rtol=2e-6, atol=0)
-    torch.testing.assert_close(y.double(), y_ref, **tol)
-    torch.testing.assert_close(gx.double(), gx_ref, **tol)
+    rtol, atol = (1e-11, 1e-12) if dtype == torch.float64 else (2e-6, 1e-6)
+    torch.testing.assert_close(y.double(), y_ref, rtol=rtol, atol=0)
+    # Gradients of O(1) can come out of cancelling O(1) terms: allow an absolute error at that scale.
+    torch.testing.assert_close(gx.double(), gx_ref, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("size", [2, 3, 4])

@@ -28,20 +28,6 @@ struct Params {
 // s^-beta; the AlexNet exponent 0.75 and a few others avoid pow (which does not vectorise here).
 enum PowKind { kPow075 = 0, kPow05 = 1, kPow1 = 2, kPowAny = 3 };
 
-template <int Kind>
-inline double neg_pow(double s, double beta) {
-  if constexpr (Kind == kPow075) {
-    const double r = std::sqrt(s);
-    return 1.0 / (r * std::sqrt(r));
-  } else if constexpr (Kind == kPow05) {
-    return 1.0 / std::sqrt(s);
-  } else if constexpr (Kind == kPow1) {
-    return 1.0 / s;
-  } else {
-    return std::pow(s, -beta);
-  }
-}
-
 int pow_kind(double beta) {
   if (beta == 0.75) return kPow075;
   if (beta == 0.5) return kPow05;
@@ -49,26 +35,78 @@ int pow_kind(double beta) {
   return kPowAny;
 }
 
+// r = s^-beta and r1 = s^(-beta-1) = r / s. The square roots and the division run in P: float for
+// float32 tensors (twice the lanes; the result is rounded to float32 anyway), double for float64.
+// r1 is formed in double from r and 1/sqrt(s), so it does not underflow where s is huge.
+template <int Kind, class P>
+inline void neg_pows(double s, double beta, double& r, double& r1) {
+  if constexpr (Kind == kPow075 || Kind == kPow05) {
+    const P u = P(1) / std::sqrt(static_cast<P>(s));  // s^-1/2
+    const double ud = static_cast<double>(u);
+    r = Kind == kPow075 ? static_cast<double>(u * std::sqrt(u)) : ud;
+    r1 = r * ud * ud;
+  } else if constexpr (Kind == kPow1) {
+    r = static_cast<double>(P(1) / static_cast<P>(s));
+    r1 = r * r;
+  } else {
+    r = std::pow(s, -beta);
+    r1 = r / s;
+  }
+}
+
+template <int Kind, class P>
+inline double neg_pow(double s, double beta) {
+  if constexpr (Kind == kPow075) {
+    const P u = P(1) / std::sqrt(static_cast<P>(s));
+    return static_cast<double>(u * std::sqrt(u));
+  } else if constexpr (Kind == kPow05) {
+    return static_cast<double>(P(1) / std::sqrt(static_cast<P>(s)));
+  } else if constexpr (Kind == kPow1) {
+    return static_cast<double>(P(1) / static_cast<P>(s));
+  } else {
+    return std::pow(s, -beta);
+  }
+}
+
+// Row sources for the window sums: squares of x computed on the fly (no stored copy), or a stored
+// [C][w] double array.
+template <class T>
+struct SquaresOf {
+  const T* x;
+  int64_t stride;
+  double operator()(int64_t c, int64_t j) const {
+    const double v = static_cast<double>(x[c * stride + j]);
+    return v * v;
+  }
+};
+
+struct Stored {
+  const double* v;
+  int64_t w;
+  double operator()(int64_t c, int64_t j) const { return v[c * w + j]; }
+};
+
 // suf[c] = v[c] + v[c+1] + ... up to the end of c's block (blocks: len channels from channel 0).
-inline void block_suffix(const double* v, double* suf, int64_t channels, int64_t w, int64_t len) {
+template <class Src>
+inline void block_suffix(const Src& src, double* suf, int64_t channels, int64_t w, int64_t len) {
   for (int64_t c = channels - 1; c >= 0; --c) {
-    const double* vr = v + c * w;
     double* sr = suf + c * w;
     if (c == channels - 1 || (c + 1) % len == 0) {
-      std::copy(vr, vr + w, sr);
-    } else {
-      const double* next = suf + (c + 1) * w;
 #pragma omp simd
-      for (int64_t j = 0; j < w; ++j) sr[j] = next[j] + vr[j];
+      for (int64_t j = 0; j < w; ++j) sr[j] = src(c, j);
+    } else {
+      const double* next = sr + w;
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) sr[j] = next[j] + src(c, j);
     }
   }
 }
 
 // For c = 0..C-1 in order, calls emit(c, row) where row[j] is the sum of v over c's window (clipped
 // to [0, C)). A window spans at most two blocks: the suffix of lo's block plus the running prefix of
-// hi's block, so no term is ever subtracted. emit(c, ...) may overwrite v's row c (already folded).
-template <class Emit>
-inline void window_sums(double* v, const double* suf, double* pre, double* tmp, int64_t channels, int64_t w,
+// hi's block, so no term is ever subtracted.
+template <class Src, class Emit>
+inline void window_sums(const Src& src, const double* suf, double* pre, double* tmp, int64_t channels, int64_t w,
                         Window win, Emit&& emit) {
   int64_t folded = -1;  // channels [block start, folded] are summed in pre
   for (int64_t c = 0; c < channels; ++c) {
@@ -76,12 +114,13 @@ inline void window_sums(double* v, const double* suf, double* pre, double* tmp, 
     const int64_t hi = std::min<int64_t>(c + win.after, channels - 1);
     while (folded < hi) {
       ++folded;
-      const double* vr = v + folded * w;
-      if (folded % win.len == 0) {
-        std::copy(vr, vr + w, pre);
+      const int64_t f = folded;
+      if (f % win.len == 0) {
+#pragma omp simd
+        for (int64_t j = 0; j < w; ++j) pre[j] = src(f, j);
       } else {
 #pragma omp simd
-        for (int64_t j = 0; j < w; ++j) pre[j] += vr[j];
+        for (int64_t j = 0; j < w; ++j) pre[j] += src(f, j);
       }
     }
     if (lo / win.len == hi / win.len) {
@@ -100,27 +139,18 @@ inline void window_sums(double* v, const double* suf, double* pre, double* tmp, 
 template <class T, int Kind>
 void forward_tile(const T* x, T* y, int64_t channels, int64_t stride, int64_t w, Window win, const Params& prm,
                   double* scratch) {
-  double* sq = scratch;
-  double* suf = sq + channels * w;
+  double* suf = scratch;
   double* pre = suf + channels * w;
   double* tmp = pre + w;
-  for (int64_t c = 0; c < channels; ++c) {
-    const T* xr = x + c * stride;
-    double* qr = sq + c * w;
-#pragma omp simd
-    for (int64_t j = 0; j < w; ++j) {
-      const double v = static_cast<double>(xr[j]);
-      qr[j] = v * v;
-    }
-  }
-  block_suffix(sq, suf, channels, w, win.len);
+  const SquaresOf<T> squares{x, stride};
+  block_suffix(squares, suf, channels, w, win.len);
   const double scale = prm.scale, k = prm.k, beta = prm.beta;
-  window_sums(sq, suf, pre, tmp, channels, w, win, [&](int64_t c, const double* sum) {
+  window_sums(squares, suf, pre, tmp, channels, w, win, [&](int64_t c, const double* sum) {
     const T* xr = x + c * stride;
     T* yr = y + c * stride;
 #pragma omp simd
     for (int64_t j = 0; j < w; ++j) {
-      yr[j] = static_cast<T>(static_cast<double>(xr[j]) * neg_pow<Kind>(k + scale * sum[j], beta));
+      yr[j] = static_cast<T>(static_cast<double>(xr[j]) * neg_pow<Kind, T>(k + scale * sum[j], beta));
     }
   });
 }
@@ -128,40 +158,33 @@ void forward_tile(const T* x, T* y, int64_t channels, int64_t stride, int64_t w,
 template <class T, int Kind>
 void backward_tile(const T* g, const T* x, T* dx, int64_t channels, int64_t stride, int64_t w, Window win,
                    const Params& prm, double* scratch) {
-  double* v = scratch;                 // x^2, then t = g x s^(-beta-1)
-  double* suf = v + channels * w;      // block suffix sums of v
-  double* r = suf + channels * w;      // s^-beta
-  double* pre = r + channels * w;
+  double* suf = scratch;             // block suffix sums
+  double* r = suf + channels * w;    // s^-beta
+  double* t = r + channels * w;      // g x s^(-beta-1)
+  double* pre = t + channels * w;
   double* tmp = pre + w;
-  for (int64_t c = 0; c < channels; ++c) {
-    const T* xr = x + c * stride;
-    double* vr = v + c * w;
-#pragma omp simd
-    for (int64_t j = 0; j < w; ++j) {
-      const double xv = static_cast<double>(xr[j]);
-      vr[j] = xv * xv;
-    }
-  }
-  block_suffix(v, suf, channels, w, win.len);
   const double scale = prm.scale, k = prm.k, beta = prm.beta;
-  window_sums(v, suf, pre, tmp, channels, w, win, [&](int64_t c, const double* sum) {
+  const SquaresOf<T> squares{x, stride};
+  block_suffix(squares, suf, channels, w, win.len);
+  window_sums(squares, suf, pre, tmp, channels, w, win, [&](int64_t c, const double* sum) {
     const T* xr = x + c * stride;
     const T* gr = g + c * stride;
     double* rr = r + c * w;
-    double* tr = v + c * w;
+    double* tr = t + c * w;
 #pragma omp simd
     for (int64_t j = 0; j < w; ++j) {
-      const double s = k + scale * sum[j];
-      const double rs = neg_pow<Kind>(s, beta);
+      double rs, rs1;
+      neg_pows<Kind, T>(k + scale * sum[j], beta, rs, rs1);
       rr[j] = rs;
-      tr[j] = static_cast<double>(gr[j]) * static_cast<double>(xr[j]) * (rs / s);
+      tr[j] = static_cast<double>(gr[j]) * static_cast<double>(xr[j]) * rs1;
     }
   });
   // Input i feeds outputs [i - after, i + before]: the same sums with the window mirrored.
   const Window mirrored{win.after, win.before, win.len};
-  block_suffix(v, suf, channels, w, win.len);
+  const Stored ts{t, w};
+  block_suffix(ts, suf, channels, w, win.len);
   const double coef = 2.0 * scale * beta;
-  window_sums(v, suf, pre, tmp, channels, w, mirrored, [&](int64_t c, const double* sum) {
+  window_sums(ts, suf, pre, tmp, channels, w, mirrored, [&](int64_t c, const double* sum) {
     const T* xr = x + c * stride;
     const T* gr = g + c * stride;
     const double* rr = r + c * w;
@@ -173,9 +196,9 @@ void backward_tile(const T* g, const T* x, T* dx, int64_t channels, int64_t stri
   });
 }
 
-// Spatial positions per tile: about 8K channel*position cells, a multiple of 16 when S allows.
+// Spatial positions per tile: about 16K channel*position cells (measured best of 4K-64K), a multiple of 16 when S allows.
 int64_t tile_width(int64_t channels, int64_t spatial) {
-  int64_t w = std::max<int64_t>(16, (8192 / std::max<int64_t>(channels, 1)) / 16 * 16);
+  int64_t w = std::max<int64_t>(16, (16384 / std::max<int64_t>(channels, 1)) / 16 * 16);
   w = std::min<int64_t>(w, 512);
   return std::min(w, spatial);
 }
@@ -202,7 +225,7 @@ void for_each_tile(int64_t batch, int64_t channels, int64_t spatial, int64_t scr
 
 template <class T, int Kind>
 void forward_run(const T* x, int64_t batch, int64_t channels, int64_t spatial, Window win, const Params& prm, T* y) {
-  for_each_tile(batch, channels, spatial, 2, [&](int64_t off, int64_t w, double* scratch) {
+  for_each_tile(batch, channels, spatial, 1, [&](int64_t off, int64_t w, double* scratch) {
     forward_tile<T, Kind>(x + off, y + off, channels, spatial, w, win, prm, scratch);
   });
 }
