@@ -6,7 +6,6 @@
 
 #include "common/checks.h"
 #include "lrn/lrn.h"
-#include "triplet/output_pages.h"
 
 namespace deeprank {
 namespace py = pybind11;
@@ -39,7 +38,6 @@ void forward(py::handle x, int64_t size, double alpha, double beta, double k, py
   auto yi = require_array<T>(y, "y", 3, /*writable=*/true);
   require_same_shape(yi, xi, "y");
   py::gil_scoped_release release;
-  advise_huge_pages(yi.ptr, static_cast<size_t>(yi.size) * sizeof(T));
   lrn_forward_cpu<T>(static_cast<const T*>(xi.ptr), xi.shape[0], xi.shape[1], xi.shape[2], size, alpha, beta, k,
                      static_cast<T*>(yi.ptr));
 }
@@ -53,7 +51,6 @@ void backward(py::handle grad_y, py::handle x, int64_t size, double alpha, doubl
   require_same_shape(gi, xi, "grad_y");
   require_same_shape(di, xi, "grad_x");
   py::gil_scoped_release release;
-  advise_huge_pages(di.ptr, static_cast<size_t>(di.size) * sizeof(T));
   lrn_backward_cpu<T>(static_cast<const T*>(gi.ptr), static_cast<const T*>(xi.ptr), xi.shape[0], xi.shape[1],
                       xi.shape[2], size, alpha, beta, k, static_cast<T*>(di.ptr));
 }

@@ -5,7 +5,6 @@
 #include <string>
 
 #include "common/checks.h"
-#include "triplet/output_pages.h"
 #include "triplet/triplet.h"
 
 namespace deeprank {
@@ -69,7 +68,6 @@ void backward(py::handle grad, py::handle q, py::handle p, py::handle n, double 
   require_shape(dni, qi, "dn", "q");
   if (gi.shape[0] != qi.shape[0]) throw py::value_error("grad_losses must have q.shape[0] elements");
   py::gil_scoped_release release;
-  for (auto* out : {&dqi, &dpi, &dni}) advise_huge_pages(out->ptr, static_cast<size_t>(out->size) * sizeof(T));
   triplet_backward_cpu<T>(static_cast<const T*>(gi.ptr), static_cast<const T*>(qi.ptr),
                           static_cast<const T*>(pi.ptr), static_cast<const T*>(ni.ptr), qi.shape[0], qi.shape[1],
                           margin, static_cast<T*>(dqi.ptr), static_cast<T*>(dpi.ptr), static_cast<T*>(dni.ptr));
