@@ -19,6 +19,9 @@ ops); LRN does not and raises a ``RuntimeError`` saying so when a second derivat
 from __future__ import annotations
 
 import math
+import os
+import threading
+import weakref
 from numbers import Real
 
 import numpy as np
@@ -41,6 +44,54 @@ _REDUCTIONS = ("mean", "sum", "none")
 def _host(t: Tensor) -> np.ndarray:
     """A numpy view of a contiguous CPU tensor (no copy; the kernels read or write it in place)."""
     return t.detach().numpy()
+
+
+class _OutputBuffers:
+    """Reuses the memory of large CPU kernel outputs once every tensor on it is gone.
+
+    torch's CPU allocator hands big blocks back to the operating system when they are freed, so each
+    fresh output of hundreds of MB is paid for again in page faults; on the 2-core VMs this project
+    measures on, that costs about 45 ms per 64 MB, more than the kernels' own work. Buffers here are
+    numpy arrays given out through ``torch.from_numpy`` (ordinary tensors); a buffer is reused only
+    when the numpy view its tensor holds has died, i.e. no tensor or view of it is left anywhere.
+
+    At most ``DEEPRANK_OUTPUT_CACHE_MB`` (default 1024; 0 turns reuse off) are kept; outputs under
+    1 MiB are left to torch.
+    """
+
+    min_bytes = 1 << 20
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._buffers: list[tuple[np.ndarray, list]] = []  # (array, [weakref to the view in use or None])
+        self._bytes = 0
+
+    def empty(self, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> Tensor:
+        np_dtype = np.dtype(np.float32) if dtype == torch.float32 else np.dtype(np.float64)
+        count = math.prod(shape)
+        nbytes = count * np_dtype.itemsize
+        if nbytes < self.min_bytes or self.max_bytes <= 0:
+            return torch.empty(shape, dtype=dtype)
+        with self._lock:
+            array, slot = self._take(nbytes, np_dtype)
+            if array is None:
+                array, slot = np.empty(count, dtype=np_dtype), [None]
+                if self._bytes + nbytes <= self.max_bytes:
+                    self._buffers.append((array, slot))
+                    self._bytes += nbytes
+            view = array[:]  # the tensor holds this view; its death frees the buffer
+            slot[0] = weakref.ref(view)
+        return torch.from_numpy(view).view(shape)
+
+    def _take(self, nbytes: int, np_dtype: np.dtype) -> tuple[np.ndarray | None, list | None]:
+        for array, slot in self._buffers:
+            if array.nbytes == nbytes and array.dtype == np_dtype and (slot[0] is None or slot[0]() is None):
+                return array, slot
+        return None, None
+
+
+_OUTPUTS = _OutputBuffers(int(os.environ.get("DEEPRANK_OUTPUT_CACHE_MB", "1024")) << 20)
 
 
 def _require_cpu(op: str, **tensors: Tensor) -> None:
@@ -74,7 +125,7 @@ def _as_ncs(t: Tensor) -> Tensor:
 def _triplet_forward(q: Tensor, p: Tensor, n: Tensor, margin: float) -> Tensor:
     _require_cpu("triplet_forward", q=q, p=p, n=n)
     q, p, n = q.contiguous(), p.contiguous(), n.contiguous()
-    losses = q.new_empty(q.shape[0])
+    losses = _OUTPUTS.empty((q.shape[0],), q.dtype)
     _C.triplet_forward(_host(q), _host(p), _host(n), margin, _host(losses))
     return losses
 
@@ -96,7 +147,7 @@ def _triplet_backward(
     _require_cpu("triplet_backward", grad_losses=grad_losses, q=q, p=p, n=n)
     grad_losses = grad_losses.contiguous()  # the gradient of a mean arrives expanded (stride 0)
     q, p, n = q.contiguous(), p.contiguous(), n.contiguous()
-    dq, dp, dn = q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+    dq, dp, dn = (_OUTPUTS.empty(q.shape, q.dtype) for _ in range(3))
     _C.triplet_backward(
         _host(grad_losses), _host(q), _host(p), _host(n), margin, _host(dq), _host(dp), _host(dn)
     )
@@ -169,7 +220,7 @@ _triplet_backward.register_autograd(_triplet_backward_grad, setup_context=_tripl
 def _lrn_forward(x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
     _require_cpu("lrn_forward", x=x)
     x = x.contiguous()
-    y = x.new_empty(x.shape)
+    y = _OUTPUTS.empty(x.shape, x.dtype)
     _C.lrn_forward(_host(_as_ncs(x)), size, alpha, beta, k, _host(_as_ncs(y)))
     return y
 
@@ -188,7 +239,7 @@ def _lrn_forward_fake(x: Tensor, size: int, alpha: float, beta: float, k: float)
 def _lrn_backward(grad_y: Tensor, x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
     _require_cpu("lrn_backward", grad_y=grad_y, x=x)
     grad_y, x = grad_y.contiguous(), x.contiguous()
-    grad_x = x.new_empty(x.shape)
+    grad_x = _OUTPUTS.empty(x.shape, x.dtype)
     _C.lrn_backward(_host(_as_ncs(grad_y)), _host(_as_ncs(x)), size, alpha, beta, k, _host(_as_ncs(grad_x)))
     return grad_x
 
