@@ -1,6 +1,79 @@
+// deeprank._C.lrn_forward / lrn_backward: [N, C, S] buffer-protocol arrays in, caller-allocated outputs.
+// All argument checks for the CPU kernels live here (the torch op wrapper checks tensors before).
 #include "lrn/lrn_bindings.h"
 
+#include <string>
+
+#include "common/checks.h"
+#include "lrn/lrn.h"
+
 namespace deeprank {
-// Placeholder: the lrn kernels are bound here once written.
-void bind_lrn(pybind11::module_&) {}
+namespace py = pybind11;
+namespace {
+
+// True for a float32 buffer, false for float64; TypeError naming `name` for anything else.
+bool is_float32(py::handle obj, const char* name) {
+  if (!PyObject_CheckBuffer(obj.ptr())) {
+    throw py::type_error(std::string(name) + " must be a float32 or float64 array, got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  }
+  const py::buffer_info info = py::reinterpret_borrow<py::buffer>(obj).request();
+  if (info.itemsize == 4 && info.format == py::format_descriptor<float>::format()) return true;
+  if (info.itemsize == 8 && info.format == py::format_descriptor<double>::format()) return false;
+  throw py::type_error(std::string(name) + " must be a float32 or float64 array, got " + describe(info));
+}
+
+void require_same_shape(const py::buffer_info& info, const py::buffer_info& x, const char* name) {
+  if (info.shape != x.shape) throw py::value_error(std::string(name) + " must have the shape of x");
+}
+
+void require_size(int64_t size) {
+  if (size < 1) throw py::value_error("size must be an integer >= 1, got " + std::to_string(size));
+}
+
+template <class T>
+void forward(py::handle x, int64_t size, double alpha, double beta, double k, py::handle y) {
+  require_size(size);
+  auto xi = require_array<T>(x, "x", 3);
+  auto yi = require_array<T>(y, "y", 3, /*writable=*/true);
+  require_same_shape(yi, xi, "y");
+  py::gil_scoped_release release;
+  lrn_forward_cpu<T>(static_cast<const T*>(xi.ptr), xi.shape[0], xi.shape[1], xi.shape[2], size, alpha, beta, k,
+                     static_cast<T*>(yi.ptr));
+}
+
+template <class T>
+void backward(py::handle grad_y, py::handle x, int64_t size, double alpha, double beta, double k, py::handle grad_x) {
+  require_size(size);
+  auto gi = require_array<T>(grad_y, "grad_y", 3);
+  auto xi = require_array<T>(x, "x", 3);
+  auto di = require_array<T>(grad_x, "grad_x", 3, /*writable=*/true);
+  require_same_shape(gi, xi, "grad_y");
+  require_same_shape(di, xi, "grad_x");
+  py::gil_scoped_release release;
+  lrn_backward_cpu<T>(static_cast<const T*>(gi.ptr), static_cast<const T*>(xi.ptr), xi.shape[0], xi.shape[1],
+                      xi.shape[2], size, alpha, beta, k, static_cast<T*>(di.ptr));
+}
+
+}  // namespace
+
+void bind_lrn(py::module_& m) {
+  m.def(
+      "lrn_forward",
+      [](py::handle x, int64_t size, double alpha, double beta, double k, py::handle y) {
+        if (is_float32(x, "x")) forward<float>(x, size, alpha, beta, k, y);
+        else forward<double>(x, size, alpha, beta, k, y);
+      },
+      py::arg("x"), py::arg("size"), py::arg("alpha"), py::arg("beta"), py::arg("k"), py::arg("y"),
+      "Across-channel LRN of x [N, C, S] into y (same shape and dtype), as torch's local_response_norm.");
+  m.def(
+      "lrn_backward",
+      [](py::handle grad_y, py::handle x, int64_t size, double alpha, double beta, double k, py::handle grad_x) {
+        if (is_float32(x, "x")) backward<float>(grad_y, x, size, alpha, beta, k, grad_x);
+        else backward<double>(grad_y, x, size, alpha, beta, k, grad_x);
+      },
+      py::arg("grad_y"), py::arg("x"), py::arg("size"), py::arg("alpha"), py::arg("beta"), py::arg("k"),
+      py::arg("grad_x"), "Gradient of lrn_forward with respect to x [N, C, S], recomputing the window sums from x.");
+}
+
 }  // namespace deeprank

@@ -1,0 +1,115 @@
+"""Small timing helpers shared by bench_triplet.py and bench_lrn.py (self-contained on purpose)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import deeprank
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Wall-clock seconds of each callable, ``repeats`` times, taking turns (A B C A B C ...).
+
+    Taking turns spreads slow phases of a shared, noisy machine over every method alike, so the
+    ratios of medians stay meaningful even when the absolute times drift.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summarize(samples: list[float]) -> dict[str, Any]:
+    return {"median_s": statistics.median(samples), "min_s": min(samples), "samples_s": samples}
+
+
+def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> dict[str, float]:
+    """Measured copy bandwidth in bytes/s (bytes read + bytes written per second).
+
+    ``numpy_copy``: one thread copying ``gib``/2 GiB into another buffer of that size.
+    ``torch_copy``: the same copy with torch's intra-op threads. ``best`` is the larger.
+    """
+    n = int(gib * (1 << 30) / 2 / 4)
+    src = np.ones(n, dtype=np.float32)
+    dst = np.empty_like(src)
+    dst.fill(0.0)  # touch every page first: measure copying, not page faults
+    moved = 2 * src.nbytes
+    t_np = time_interleaved({"np": lambda: np.copyto(dst, src)}, repeats)["np"]
+    s, d = torch.from_numpy(src), torch.from_numpy(dst)
+    t_torch = time_interleaved({"torch": lambda: d.copy_(s)}, repeats)["torch"]
+    numpy_bw = moved / statistics.median(t_np)
+    torch_bw = moved / statistics.median(t_torch)
+    return {"numpy_copy": numpy_bw, "torch_copy": torch_bw, "best": max(numpy_bw, torch_bw), "bytes": moved}
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count()
+    info = {
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus_usable": usable,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": np.__version__,
+        "deeprank": deeprank.build_info(),
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average_1_5_15"] = list(os.getloadavg())
+    return info
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as JSON atomically (temp file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for i, row in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))

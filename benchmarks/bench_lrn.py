@@ -1,0 +1,143 @@
+"""Benchmark deeprank's local response normalization against torch.nn.LocalResponseNorm.
+
+Compared, in one run and taking turns (float32 on CPU, AlexNet's size 5, alpha 1e-4, beta 0.75, k 2):
+  deeprank      deeprank.nn.LocalResponseNorm: a sliding window over channels, one pass forward and one
+                pass backward (the backward recomputes the window sums from x).
+  torch         torch.nn.LocalResponseNorm (square, pad, avg_pool3d, pow, divide; autograd backward).
+Passes: forward only (no grad) and forward+backward (gradient for x given a fixed grad_y).
+Cases: the LRN layers of the paper's ConvNet (AlexNet) on a batch of 64: after conv1 (64x96x55x55)
+and after conv2 (64x256x27x27).
+
+The floor is the time to move the bytes any implementation must move at the measured copy bandwidth:
+forward reads x and writes y (2 tensors); forward+backward also reads grad_y and x and writes
+grad_x (5 tensors in all).
+
+Usage: python benchmarks/bench_lrn.py [--repeats 5] [--quick] [--out benchmarks/results/lrn.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _ops_bench_util as util  # noqa: E402
+
+import deeprank  # noqa: E402
+
+CASES = [(64, 96, 55, 55), (64, 256, 27, 27)]
+QUICK_CASES = [(4, 96, 55, 55), (4, 256, 27, 27)]
+PARAMS = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
+
+
+def bench_case(shape: tuple[int, ...], repeats: int, bandwidth: float) -> list[dict]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen) * 10  # activations large enough that the scale matters
+    grad_y = torch.randn(*shape, generator=gen)
+    ours, theirs = deeprank.nn.LocalResponseNorm(**PARAMS), torch.nn.LocalResponseNorm(**PARAMS)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    methods = {"deeprank": ours, "torch nn.LocalResponseNorm": theirs}
+    leaf = x.clone().requires_grad_()
+
+    def forward_only(module):
+        def run():
+            with torch.no_grad():
+                module(x)
+
+        return run
+
+    def forward_backward(module):
+        def run():
+            leaf.grad = None
+            module(leaf).backward(grad_y)
+
+        return run
+
+    tensor_bytes = x.numel() * x.element_size()
+    floors = {"forward": 2 * tensor_bytes, "forward+backward": 5 * tensor_bytes}
+    case = "x".join(map(str, shape))
+    rows = []
+    for pass_name, wrap in (("forward", forward_only), ("forward+backward", forward_backward)):
+        times = util.time_interleaved({name: wrap(m) for name, m in methods.items()}, repeats)
+        ours_s = util.summarize(times["deeprank"])["median_s"]
+        floor_s = floors[pass_name] / bandwidth
+        for name, samples in times.items():
+            s = util.summarize(samples)
+            rows.append(
+                {
+                    "case": case,
+                    "shape": list(shape),
+                    "pass": pass_name,
+                    "method": name,
+                    **s,
+                    "time_vs_deeprank": s["median_s"] / ours_s,
+                    "bytes_floor": floors[pass_name],
+                    "floor_s": floor_s,
+                    "fraction_of_floor": floor_s / s["median_s"],
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="small cases (a smoke test, not a measurement)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default benchmarks/results/lrn.json)"
+    )
+    args = parser.parse_args(argv)
+    out = args.out or Path(__file__).resolve().parent / "results" / (
+        "lrn_quick.json" if args.quick else "lrn.json"
+    )
+
+    machine = util.machine_info()
+    bw = util.memory_bandwidth(0.25 if args.quick else 1.0)
+    print(
+        f"{machine['cpu']}, {machine['cpus_usable']} CPUs, torch {machine['torch']} "
+        f"({machine['torch_threads']} threads), deeprank {machine['deeprank']['simd']} "
+        f"({machine['deeprank']['threads']} threads)"
+    )
+    print(f"copy bandwidth: numpy {bw['numpy_copy'] / 1e9:.1f} GB/s, torch {bw['torch_copy'] / 1e9:.1f} GB/s")
+    rows = []
+    for shape in QUICK_CASES if args.quick else CASES:
+        rows += bench_case(shape, args.repeats, bw["best"])
+
+    util.print_table(
+        ["case", "pass", "method", "median ms", "min ms", "x deeprank time", "floor ms", "of floor"],
+        [
+            [
+                r["case"],
+                r["pass"],
+                r["method"],
+                f"{r['median_s'] * 1e3:.1f}",
+                f"{r['min_s'] * 1e3:.1f}",
+                f"{r['time_vs_deeprank']:.2f}",
+                f"{r['floor_s'] * 1e3:.1f}",
+                f"{r['fraction_of_floor']:.0%}",
+            ]
+            for r in rows
+        ],
+    )
+    util.write_json(
+        out,
+        {
+            "benchmark": "lrn",
+            "dtype": "float32",
+            "params": PARAMS,
+            "repeats": args.repeats,
+            "machine": machine,
+            "bandwidth_bytes_per_s": bw,
+            "results": rows,
+        },
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,211 @@
+"""deeprank.lrn and its CPU kernels against torch's local_response_norm in float64, in every SIMD variant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import deeprank
+from deeprank import _C
+from deeprank._reference import lrn_reference
+from deeprank.nn import LocalResponseNorm
+
+
+@pytest.fixture(params=_C.available_isas())
+def isa(request):
+    _C.set_isa(request.param)
+    yield request.param
+    _C.set_isa("auto")
+
+
+def _tensor(rng, shape, dtype=torch.float64, scale=1.0, requires_grad=False):
+    return torch.tensor(scale * rng.standard_normal(shape), dtype=dtype, requires_grad=requires_grad)
+
+
+def _forward_and_grad(fn, x, grad_y):
+    x = x.detach().requires_grad_()
+    y = fn(x)
+    (gx,) = torch.autograd.grad(y, x, grad_y)
+    return y.detach(), gx
+
+
+# Odd and even windows, windows wider than C, C = 1; 4-D, 3-D and 5-D inputs; spatial sizes that are
+# not multiples of the vector width (and 1).
+SHAPES = [(2, 7, 5, 6), (1, 1, 3, 3), (3, 4, 17), (2, 16, 1, 1), (1, 9, 2, 3, 4), (2, 37, 9, 11)]
+SIZES = [1, 2, 3, 4, 5, 6, 9, 40]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("size", SIZES)
+def test_forward_and_gradient_match_torch_float64(rng, isa, shape, size):
+    alpha, beta, k = rng.uniform(0.05, 2.0), rng.uniform(0.3, 1.2), rng.uniform(0.5, 3.0)
+    x = _tensor(rng, shape, scale=2.0)
+    grad_y = _tensor(rng, shape)
+    y, gx = _forward_and_grad(lambda t: deeprank.lrn(t, size, alpha, beta, k), x, grad_y)
+    y_ref, gx_ref = _forward_and_grad(lambda t: lrn_reference(t, size, alpha, beta, k), x, grad_y)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("beta", [0.75, 0.5, 1.0, 0.0, 2.3])
+@pytest.mark.parametrize("size", [2, 5])
+def test_fast_exponents_and_general_pow(rng, isa, beta, size):
+    # beta 0.75, 0.5 and 1 take sqrt/division paths instead of pow: each must agree with torch.
+    x = _tensor(rng, (2, 11, 4, 5), scale=3.0)
+    grad_y = _tensor(rng, x.shape)
+    y, gx = _forward_and_grad(lambda t: deeprank.lrn(t, size, 0.3, beta, 1.5), x, grad_y)
+    y_ref, gx_ref = _forward_and_grad(lambda t: lrn_reference(t, size, 0.3, beta, 1.5), x, grad_y)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(3, 96, 13, 13), (2, 5, 7, 3)])
+def test_float32_matches_float64_reference(rng, isa, shape):
+    x = _tensor(rng, shape, torch.float32, scale=10.0)
+    grad_y = _tensor(rng, shape, torch.float32)
+    y, gx = _forward_and_grad(lambda t: deeprank.lrn(t, 5, 1e-2, 0.75, 2.0), x, grad_y)
+    assert y.dtype == gx.dtype == torch.float32
+    y_ref, gx_ref = _forward_and_grad(
+        lambda t: lrn_reference(t, 5, 1e-2, 0.75, 2.0), x.double(), grad_y.double()
+    )
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(gx.double(), gx_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_huge_channel_next_to_small_ones(rng, isa, dtype):
+    # A window sum that subtracts the channel leaving the window would keep ~eps * 1e24 of the huge
+    # square after it leaves, swamping the O(1) windows that follow; block prefix/suffix sums do not.
+    huge = 1e12 if dtype == torch.float64 else 1e15
+    x = torch.tensor(rng.uniform(0.5, 1.5, (2, 24, 3, 5)), dtype=dtype)
+    x[:, [0, 9]] = huge
+    x[1, 17, 1, 2] = -huge
+    grad_y = _tensor(rng, x.shape, dtype)
+    y, gx = _forward_and_grad(lambda t: deeprank.lrn(t, 3, 1.0, 0.75, 1e-3), x, grad_y)
+    y_ref, gx_ref = _forward_and_grad(
+        lambda t: lrn_reference(t, 3, 1.0, 0.75, 1e-3), x.double(), grad_y.double()
+    )
+    rtol, atol = (1e-11, 1e-12) if dtype == torch.float64 else (2e-6, 1e-6)
+    torch.testing.assert_close(y.double(), y_ref, rtol=rtol, atol=0)
+    # Gradients of O(1) can come out of cancelling O(1) terms: allow an absolute error at that scale.
+    torch.testing.assert_close(gx.double(), gx_ref, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+@pytest.mark.parametrize("shape", [(2, 5, 3, 2), (1, 2, 4), (2, 3, 1, 1)])
+def test_gradcheck(rng, isa, size, shape):
+    x = _tensor(rng, shape, requires_grad=True)
+    beta = float(rng.choice([0.75, 0.4]))
+    assert torch.autograd.gradcheck(lambda t: deeprank.lrn(t, size, 0.7, beta, 1.3), (x,))
+
+
+def test_double_backward_raises_clearly(rng):
+    x = _tensor(rng, (1, 4, 2, 2), requires_grad=True)
+    (gx,) = torch.autograd.grad(deeprank.lrn(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        gx.sum().backward()
+
+
+def test_nan_and_inf_stay_in_their_windows(rng, isa):
+    x = _tensor(rng, (1, 12, 3, 4))
+    x[0, 6, 1, 1] = float("nan")
+    x[0, 2, 0, 3] = float("inf")
+    y = deeprank.lrn(x, 5, 1e-2, 0.75, 2.0)
+    y_ref = lrn_reference(x, 5, 1e-2, 0.75, 2.0)
+    assert torch.equal(torch.isnan(y), torch.isnan(y_ref))
+    assert torch.isnan(y[0, 4:9, 1, 1]).all()  # every output whose window holds the NaN
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-13, equal_nan=True)
+
+
+def test_non_contiguous_input(rng):
+    x = _tensor(rng, (2, 6, 5, 4)).to(memory_format=torch.channels_last)
+    assert not x.is_contiguous()
+    torch.testing.assert_close(
+        deeprank.lrn(x, 3), lrn_reference(x, 3, 1e-4, 0.75, 2.0), rtol=1e-12, atol=1e-13
+    )
+
+
+def test_threads_give_identical_results(rng):
+    x = _tensor(rng, (4, 33, 20, 21), torch.float32, scale=30.0, requires_grad=True)
+    before = deeprank.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 3):
+            deeprank.set_num_threads(threads)
+            y = deeprank.lrn(x, 5, 1e-3, 0.75, 2.0)
+            results.append((y, *torch.autograd.grad(y.sum(), x)))
+    finally:
+        deeprank.set_num_threads(before)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_empty_input():
+    x = torch.zeros(0, 4, 3, 3, requires_grad=True)
+    y = deeprank.lrn(x)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_defaults_are_alexnets():
+    x = torch.rand(1, 8, 2, 2, dtype=torch.float64) * 50
+    torch.testing.assert_close(deeprank.lrn(x), F.local_response_norm(x, 5, alpha=1e-4, beta=0.75, k=2.0))
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "x, kwargs, error, match",
+    [
+        (torch.zeros(4, 3), {}, ValueError, "at least 3-D"),
+        (torch.zeros(1, 4, 3, dtype=torch.int32), {}, TypeError, "x must be float32 or float64"),
+        (torch.zeros(1, 4, 3, dtype=torch.float16), {}, TypeError, "x must be float32 or float64"),
+        (np.zeros((1, 4, 3)), {}, TypeError, "x must be a torch.Tensor"),
+        (torch.zeros(1, 4, 3), {"size": 0}, ValueError, "size must be >= 1"),
+        (torch.zeros(1, 4, 3), {"size": 2.0}, TypeError, "size must be an int"),
+        (torch.zeros(1, 4, 3), {"alpha": float("inf")}, ValueError, "alpha must be finite"),
+        (torch.zeros(1, 4, 3), {"beta": None}, TypeError, "beta must be a real number"),
+    ],
+)
+def test_rejects_bad_input(x, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        deeprank.lrn(x, **kwargs)
+
+
+def test_binding_checks_arrays():
+    x = np.zeros((1, 4, 3), np.float32)
+    with pytest.raises(TypeError, match="x must be a float32 or float64 array"):
+        _C.lrn_forward(x.astype(np.int64), 3, 1e-4, 0.75, 2.0, x.copy())
+    with pytest.raises(ValueError, match="y must be a 3-D float32 array"):
+        _C.lrn_forward(x, 3, 1e-4, 0.75, 2.0, np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="size must be an integer >= 1"):
+        _C.lrn_forward(x, 0, 1e-4, 0.75, 2.0, x.copy())
+    with pytest.raises(ValueError, match="grad_y must have the shape of x"):
+        _C.lrn_backward(np.zeros((1, 4, 2), np.float32), x, 3, 1e-4, 0.75, 2.0, x.copy())
+
+
+# --- module --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, kwargs", [((5,), {}), ((4,), {"alpha": 1e-2, "beta": 0.5, "k": 2.0})])
+def test_module_is_a_drop_in_for_torchs(rng, args, kwargs):
+    ours, theirs = LocalResponseNorm(*args, **kwargs), torch.nn.LocalResponseNorm(*args, **kwargs)
+    assert repr(ours) == repr(theirs)
+    assert (ours.size, ours.alpha, ours.beta, ours.k) == (theirs.size, theirs.alpha, theirs.beta, theirs.k)
+    x = _tensor(rng, (2, 9, 4, 4), scale=20.0)
+    grad_y = _tensor(rng, x.shape)
+    y, gx = _forward_and_grad(ours, x, grad_y)
+    y_ref, gx_ref = _forward_and_grad(theirs, x, grad_y)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-11, atol=1e-12)
+
+
+def test_module_rejects_bad_size():
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        LocalResponseNorm(0)
+    with pytest.raises(TypeError, match="size must be an int"):
+        LocalResponseNorm(2.5)
