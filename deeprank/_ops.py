@@ -55,7 +55,7 @@ class _OutputBuffers:
     numpy arrays given out through ``torch.from_numpy`` (ordinary tensors); a buffer is reused only
     when the numpy view its tensor holds has died, i.e. no tensor or view of it is left anywhere.
 
-    At most ``DEEPRANK_OUTPUT_CACHE_MB`` (default 1024; 0 turns reuse off) are kept; outputs under
+    At most ``DEEPRANK_OUTPUT_CACHE_MB`` (default 256; 0 turns reuse off) are kept; outputs under
     1 MiB are left to torch.
     """
 
@@ -91,7 +91,7 @@ class _OutputBuffers:
         return None, None
 
 
-_OUTPUTS = _OutputBuffers(int(os.environ.get("DEEPRANK_OUTPUT_CACHE_MB", "1024")) << 20)
+_OUTPUTS = _OutputBuffers(int(os.environ.get("DEEPRANK_OUTPUT_CACHE_MB", "256")) << 20)
 
 
 def _require_cpu(op: str, **tensors: Tensor) -> None:

@@ -1,0 +1,182 @@
+"""Checkpoints: weights in safetensors, configuration in JSON, optional training state; atomic writes.
+
+A checkpoint is a directory::
+
+    model.safetensors   the network's state dict (weights and buffers)
+    config.json         {"format": "deeprank-checkpoint", "version": 1, "model": <model.config>, ...}
+    train_state.pt      optional: optimizer, RNG states, step counters, sampler state (for --resume)
+
+Each file is written to a temporary name in the same directory and moved into place with
+``os.replace``, so a crash leaves either the old file or the new one, never half a file. The weights
+and training state are written before ``config.json``, and ``config.json`` records the step they
+belong to, so a reader can tell whether the three agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT",
+    "STATE_FILE",
+    "WEIGHTS_FILE",
+    "atomic_write_bytes",
+    "config_hash",
+    "load_config",
+    "load_model",
+    "load_train_state",
+    "save_checkpoint",
+]
+
+FORMAT = "deeprank-checkpoint"
+VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "train_state.pt"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _arch(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    model = config.get("model")
+    return model if isinstance(model, Mapping) else config
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """A stable 16-hex-digit hash of the architecture part of a config.
+
+    Accepts a model config (``model.config``) or a checkpoint config (uses its ``"model"`` entry).
+    Two models with equal hashes take the same input and produce embeddings in the same space shape
+    (same preset, sizes, widths, normalisation); indexes store it to detect a model mismatch.
+    Training settings never enter the hash.
+    """
+    text = json.dumps(_arch(config), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module,
+    config: Mapping[str, Any] | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save ``model`` (a :class:`~deeprank.models.MultiScaleNet`) into ``directory``.
+
+    Args:
+        directory: created if missing; existing checkpoint files are replaced atomically.
+        model: its ``state_dict`` goes to ``model.safetensors`` and its ``config`` to
+            ``config.json["model"]``.
+        config: extra JSON-able entries for ``config.json`` (e.g. ``"train"`` settings, ``"progress"``).
+        state: optional training state (optimizer state dict, RNG states, counters, sampler state),
+            saved with ``torch.save`` to ``train_state.pt`` for ``--resume``.
+
+    Returns the directory.
+    """
+    from safetensors.torch import save as save_safetensors
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model_config = getattr(model, "config", None)
+    if not isinstance(model_config, Mapping):
+        raise TypeError("model must have a .config dict (a deeprank.models.MultiScaleNet)")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(directory / WEIGHTS_FILE, save_safetensors(tensors))
+    if state is not None:
+        buffer = io.BytesIO()
+        torch.save(dict(state), buffer)
+        atomic_write_bytes(directory / STATE_FILE, buffer.getvalue())
+    payload: dict[str, Any] = {"format": FORMAT, "version": VERSION}
+    payload.update(dict(config or {}))
+    payload["model"] = dict(model_config)
+    payload["model_hash"] = config_hash(model_config)
+    text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default)
+    atomic_write_bytes(directory / CONFIG_FILE, (text + "\n").encode())
+    return directory
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def load_config(directory: str | Path) -> dict[str, Any]:
+    """Read and check ``config.json`` of a checkpoint directory."""
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a deeprank checkpoint: {CONFIG_FILE} is missing")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT or "model" not in config:
+        raise ValueError(f"{path} is not a deeprank checkpoint config (format {FORMAT!r} expected)")
+    if int(config.get("version", 0)) > VERSION:
+        raise ValueError(f"{path} has checkpoint version {config['version']}; this deeprank reads {VERSION}")
+    return config
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Rebuild the model of a checkpoint and load its weights.
+
+    Returns ``(model, config)`` with the model in eval mode on ``device`` and ``config`` the full
+    ``config.json`` dict. Raises ``FileNotFoundError`` for a missing checkpoint and ``ValueError`` for
+    a corrupt one (unreadable weights, or weights that do not fit the configured architecture).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .models import build_model
+
+    directory = Path(directory)
+    config = load_config(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{directory} is not a deeprank checkpoint: {WEIGHTS_FILE} is missing")
+    model = build_model(config["model"])
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{weights} is not a readable safetensors file: {exc}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{weights} does not match the architecture in {CONFIG_FILE}: {exc}") from None
+    model.to(device).eval()
+    return model, config
+
+
+def load_train_state(directory: str | Path) -> dict[str, Any] | None:
+    """The training state saved with a checkpoint, or ``None`` if it has none."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        return None
+    # The state holds RNG byte tensors, numpy/python RNG states and plain containers.
+    return torch.load(path, map_location="cpu", weights_only=False)

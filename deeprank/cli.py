@@ -1,0 +1,387 @@
+"""The ``deeprank`` command: parses arguments and calls the library (no logic of its own lives here).
+
+Sub-commands: train, embed, index, query, evaluate, triplets, bench, demo, serve, info. Errors a user
+can cause print one line ``deeprank: error: ...`` on stderr and exit with status 2 (``--debug`` shows
+the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import DeeprankError
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _existing_dir(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} not found: {p}")
+    if not p.is_dir():
+        raise DeeprankError(f"{what} is not a folder: {p}")
+    return p
+
+
+# ------------------------------------------------------------------------------ sub-commands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import config_from_args, train
+
+    checkpoint = train(config_from_args(args), progress=not args.quiet if hasattr(args, "quiet") else True)
+    print(f"checkpoint: {checkpoint}")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .index import Index
+
+    _existing_dir(args.folder, "image folder")
+    index = Index.build(args.model, args.folder, batch_size=args.batch_size, progress=not args.no_progress)
+    _report_skipped(index.skipped)
+    files = index.export(args.output, format=args.format)
+    print(f"embedded {len(index)} images (dimension {index.dim}) -> {', '.join(str(f) for f in files)}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from .index import Index
+
+    _existing_dir(args.folder, "image folder")
+    index = Index.build(args.model, args.folder, batch_size=args.batch_size, progress=not args.no_progress)
+    _report_skipped(index.skipped)
+    if args.approximate:
+        report = index.build_approximate(args.approximate)
+        print(f"approximate index ({args.approximate}): " + json.dumps(_round(report)))
+    index.save(args.output, include_model=args.include_model)
+    print(f"indexed {len(index)} images (dimension {index.dim}) -> {args.output}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from .index import Index
+
+    index = Index.load(args.index, model=args.model, verify=not args.no_verify)
+    if args.k > len(index):
+        raise DeeprankError(f"-k {args.k} is larger than the index ({len(index)} items)")
+    from .embed import list_folder
+
+    queries: list[str] = []
+    for image in args.images:  # a folder stands for all the images in it
+        if not Path(image).exists():
+            raise FileNotFoundError(f"query image not found: {image}")
+        queries += [str(f) for f in list_folder(image)] if Path(image).is_dir() else [image]
+    result = index.search(queries, k=args.k, approximate=args.approximate)
+    if args.json:
+        print(json.dumps([{"query": q, "hits": result.hits(i)} for i, q in enumerate(queries)], indent=2))
+    else:
+        for i, q in enumerate(queries):
+            print(f"query: {q}")
+            for hit in result.hits(i):
+                print(f"  {hit['rank']:>3}  {hit['distance']:.4f}  {hit['path'] or hit['id']}")
+    if args.grid:
+        from .plots import result_grid
+
+        missing = [p for row in result.paths for p in row if p is None or not Path(p).exists()]
+        if missing:
+            raise DeeprankError(f"cannot draw the grid: {len(missing)} result images are not on disk")
+        result_grid(queries, result.paths, result.distances, args.grid, captions=result.ids)
+        print(f"grid: {args.grid}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_folder
+
+    _existing_dir(args.folder, "image folder")
+    paths = evaluate_folder(
+        args.model,
+        args.folder,
+        args.output,
+        triplets_csv=args.triplets,
+        k=args.k,
+        num_triplets=args.num_triplets,
+        baselines=args.baselines,
+        crops=args.crops,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print((Path(args.output) / "results.md").read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_triplets(args: argparse.Namespace) -> int:
+    from .evaluate import write_folder_triplets
+
+    _existing_dir(args.folder, "image folder")
+    count = write_folder_triplets(args.folder, args.output, per_image=args.per_image, seed=args.seed)
+    print(f"wrote {count} triplets -> {args.output}")
+    return 0
+
+
+def _benchmark_dir() -> Path | None:
+    # Benchmarks live in the source checkout next to the package; an installed wheel has none.
+    candidate = Path(__file__).resolve().parent.parent / "benchmarks"
+    return candidate if candidate.is_dir() else None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    folder = _benchmark_dir()
+    scripts = sorted(folder.glob("bench_*.py")) if folder else []
+    if not scripts:
+        raise DeeprankError(
+            "no benchmark scripts found: `deeprank bench` runs benchmarks/bench_*.py from a source "
+            "checkout of deeprank (they are not part of the installed package)"
+        )
+    names = {s.stem.removeprefix("bench_"): s for s in scripts}
+    if args.list:
+        print("\n".join(names))
+        return 0
+    chosen = args.names or list(names)
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        raise DeeprankError(f"unknown benchmark(s) {unknown}; available: {', '.join(names)}")
+    status = 0
+    for name in chosen:
+        print(f"== bench_{name}.py", flush=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder.parent), env.get("PYTHONPATH")]))
+        command = [sys.executable, str(names[name]), *shlex.split(args.args)]
+        rc = subprocess.call(command, cwd=folder.parent, env=env)
+        if rc != 0:
+            print(f"deeprank: bench_{name}.py exited with status {rc}", file=sys.stderr)
+            status = rc
+    return status
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.output, quick=args.quick, train_seconds=args.train_seconds, seed=args.seed)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve import app as serve_app
+    except ImportError as exc:
+        raise DeeprankError(
+            f"`deeprank serve` needs the serve extra: pip install 'deeprank[serve]' ({exc})"
+        ) from None
+    main_fn = getattr(serve_app, "main", None) or getattr(serve_app, "serve", None)
+    if main_fn is None:
+        raise DeeprankError("this deeprank build has no serve entry point (deeprank.serve.app.main)")
+    return int(main_fn(args.index, host=args.host, port=args.port) or 0)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import build_info
+
+    print(json.dumps(build_info(), indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _report_skipped(skipped: Sequence[tuple[str, str]]) -> None:
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s):", file=sys.stderr)
+        for path, reason in skipped[:20]:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        if len(skipped) > 20:
+            print(f"  ... and {len(skipped) - 20} more", file=sys.stderr)
+
+
+def _round(d: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deeprank",
+        description="Fine-grained image similarity and search by example (Deep Ranking, CVPR 2014).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="train a model on images or triplets", description="Train a model.")
+    try:
+        from .train import add_train_arguments
+
+        add_train_arguments(p)
+    except ImportError:  # pragma: no cover - only in a broken install
+        pass
+    p.set_defaults(func=cmd_train)
+
+    def model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+        p.add_argument(
+            "--model",
+            "-m",
+            required=required,
+            metavar="CHECKPOINT",
+            help="trained model (checkpoint directory)",
+        )
+
+    def progress_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (256)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "embed",
+        help="embed an image folder and export vectors",
+        description="Embed every image under FOLDER (recursive) and write embeddings.npy + metadata.json "
+        "(or index.faiss) to OUTPUT for other engines.",
+    )
+    model_arg(p)
+    p.add_argument("folder", help="image folder (searched recursively)")
+    p.add_argument("--output", "-o", required=True, help="output folder")
+    p.add_argument("--format", choices=["npy", "faiss"], default="npy", help="export format (npy)")
+    progress_args(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser(
+        "index",
+        help="build a searchable index of an image folder",
+        description="Embed every image under FOLDER and save an index directory (see deeprank.index).",
+    )
+    model_arg(p)
+    p.add_argument("folder", help="image folder (searched recursively)")
+    p.add_argument("--output", "-o", required=True, help="index directory to write")
+    p.add_argument("--include-model", action="store_true", help="copy the model into the index directory")
+    p.add_argument(
+        "--approximate",
+        choices=["hnsw", "ivfpq"],
+        help="also build a FAISS index (needs faiss) and report recall",
+    )
+    progress_args(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser(
+        "query",
+        help="find the images most like the given ones",
+        description="Print the K nearest indexed images of each query image.",
+    )
+    p.add_argument("index", help="index directory (from `deeprank index`)")
+    p.add_argument("images", nargs="+", help="query image file(s) or folder(s) of images")
+    p.add_argument("-k", type=_positive_int, default=10, help="results per query (10)")
+    model_arg(p, required=False)
+    p.add_argument("--grid", metavar="PNG", help="also draw queries and results to this PNG")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--approximate", action="store_true", help="use the index's FAISS index")
+    p.add_argument("--no-verify", action="store_true", help="skip checksum verification of the index files")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="measure a model (and the baselines) on a labelled folder",
+        description="Evaluate on FOLDER with one sub-folder per category: similarity precision and "
+        "score-at-top-K on triplets, recall@K / precision@1 / MAP@R, crop-to-source retrieval; writes "
+        "results.json, results.md and a rank heat-map PNG.",
+    )
+    model_arg(p)
+    p.add_argument("folder", help="labelled image folder (one sub-folder per category)")
+    p.add_argument("--output", "-o", default="deeprank-eval", help="output folder (deeprank-eval)")
+    p.add_argument(
+        "--triplets", metavar="CSV", help="labelled triplets query,positive,negative (else sampled)"
+    )
+    p.add_argument("--num-triplets", type=_positive_int, default=2000, help="triplets to sample (2000)")
+    p.add_argument("-k", type=_positive_int, default=30, help="K of score-at-top-K (30)")
+    p.add_argument("--crops", type=int, default=500, help="crop queries for crop-to-source retrieval (500)")
+    p.add_argument("--baselines", action="store_true", help="also evaluate the hand-crafted baselines")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "triplets",
+        help="write a triplet CSV from a labelled folder",
+        description="Sample (query, positive, negative) triplets from FOLDER (one sub-folder per "
+        "category): positive from the query's folder, negative from another. Paths are relative to FOLDER.",
+    )
+    p.add_argument("folder", help="labelled image folder")
+    p.add_argument("--output", "-o", required=True, help="CSV file to write")
+    p.add_argument("--per-image", type=_positive_int, default=1, help="triplets per query image (1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_triplets)
+
+    p = sub.add_parser(
+        "bench",
+        help="run the kernel benchmarks (source checkout)",
+        description="Run benchmarks/bench_*.py from a source checkout (not part of an installed package).",
+    )
+    p.add_argument("names", nargs="*", help="benchmarks to run (default: all), e.g. topk")
+    p.add_argument("--list", action="store_true", help="list the benchmarks")
+    p.add_argument("--args", default="", metavar="ARGS", help="arguments passed to each script, quoted")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "demo",
+        help="train, index and evaluate on bundled Fashion-MNIST",
+        description="End to end on the bundled Fashion-MNIST test split: trains the small multiscale model "
+        "and the single-scale ablation, indexes held-out images, evaluates against the baselines and writes "
+        "results.md/results.json, a rank heat-map and result grids (about 5-8 minutes on 2 CPU cores).",
+    )
+    p.add_argument("--output", "-o", default="deeprank-demo", help="output folder (deeprank-demo)")
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny data and training)")
+    p.add_argument("--train-seconds", type=float, default=None, help="total training budget (default 270)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "serve", help="serve an index over HTTP (needs deeprank[serve])", description="Serve INDEX over HTTP."
+    )
+    p.add_argument("index", help="index directory")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("info", help="print build information", description="Print how deeprank was built.")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``deeprank`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("deeprank: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except (DeeprankError, FileNotFoundError, NotADirectoryError, ValueError, KeyError) as exc:
+        if args.debug:
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in str(exc):
+            message = f"{exc.strerror or 'not found'}: {exc.filename}"
+        print(f"deeprank: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

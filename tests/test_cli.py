@@ -1,0 +1,183 @@
+"""The ``deeprank`` command: help for every sub-command, one-line errors, and the end-to-end flow."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from deeprank import cli
+from deeprank.checkpoint import save_checkpoint
+from deeprank.data import export_image_folder, load_fashion_mnist, read_triplet_csv
+from deeprank.models import MultiScaleNet
+
+SUBCOMMANDS = ["train", "embed", "index", "query", "evaluate", "triplets", "bench", "demo", "serve", "info"]
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, fragment):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deeprank: error: "), err
+    assert fragment in lines[0] and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A labelled folder of 120 Fashion-MNIST images (12 per class) and an untrained checkpoint."""
+    root = tmp_path_factory.mktemp("cli")
+    images, labels = load_fashion_mnist("test")
+    rows = torch.cat([torch.nonzero(torch.from_numpy(labels) == c)[:12, 0] for c in range(10)]).numpy()
+    export_image_folder(images[rows], labels[rows], root / "images")
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(root / "ckpt", MultiScaleNet(in_channels=1, embedding_dim=16))
+    other = save_checkpoint(root / "other", MultiScaleNet(in_channels=1, embedding_dim=16, single_scale=True))
+    return root, ckpt, other
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_every_subcommand_has_help(capsys, name):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([name, "--help"])
+    assert exc.value.code == 0
+    assert "usage: deeprank " + name in capsys.readouterr().out
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "deeprank", "--help"], capture_output=True, text=True, check=True
+    )
+    assert all(name in out.stdout for name in SUBCOMMANDS)
+
+
+def test_index_query_embed_evaluate_flow(capsys, data, tmp_path):
+    root, ckpt, _ = data
+    code, out, _ = run(
+        capsys, "index", "--model", ckpt, root / "images", "-o", tmp_path / "idx", "--no-progress"
+    )
+    assert code == 0 and "indexed 120 images" in out
+    query = sorted((root / "images" / "Bag").glob("*.png"))[0]
+    code, out, _ = run(capsys, "query", tmp_path / "idx", query, "-k", "3", "--grid", tmp_path / "g.png")
+    assert code == 0 and out.splitlines()[1].split()[-1] == str(query.resolve())  # itself first
+    assert (tmp_path / "g.png").stat().st_size > 0
+    code, out, _ = run(capsys, "query", tmp_path / "idx", root / "images" / "Bag", "-k", "1")
+    assert code == 0 and out.count("query: ") == 12  # a folder queries with each of its images
+    code, out, _ = run(capsys, "query", tmp_path / "idx", query, "-k", "2", "--json")
+    hits = json.loads(out)[0]["hits"]
+    assert [h["rank"] for h in hits] == [1, 2] and hits[0]["id"] == f"Bag/{query.name}"
+
+    code, out, _ = run(capsys, "embed", "-m", ckpt, root / "images", "-o", tmp_path / "emb", "--no-progress")
+    assert code == 0 and (tmp_path / "emb" / "embeddings.npy").exists()
+
+    csv_path = tmp_path / "t" / "triplets.csv"
+    code, out, _ = run(capsys, "triplets", root / "images", "-o", csv_path, "--per-image", "2")
+    assert code == 0 and "wrote 240 triplets" in out
+    triplets = read_triplet_csv(csv_path)
+    assert len(triplets) == 240 and all(
+        q.parent.name == p.parent.name != n.parent.name for q, p, n in triplets
+    )
+
+    code, out, _ = run(
+        capsys, "evaluate", "-m", ckpt, root / "images", "-o", tmp_path / "ev", "--triplets", csv_path,
+        "--crops", "20", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, out
+    result = json.loads((tmp_path / "ev" / "results.json").read_text())["results"][0]
+    assert result["method"] == "model" and 0 <= result["similarity_precision"] <= 1
+    assert (tmp_path / "ev" / "heatmap.png").exists() and "| model |" in out
+
+
+def test_user_errors_are_one_line(capsys, data, tmp_path):
+    root, ckpt, other = data
+    code, _, err = run(capsys, "index", "-m", ckpt, tmp_path / "missing", "-o", tmp_path / "i")
+    assert_one_line_error(code, err, "image folder not found")
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "index", "-m", ckpt, tmp_path / "empty", "-o", tmp_path / "i")
+    assert_one_line_error(code, err, "no images found")
+    code, _, err = run(capsys, "index", "-m", tmp_path / "no-model", root / "images", "-o", tmp_path / "i")
+    assert_one_line_error(code, err, "no-model")
+
+    run(capsys, "index", "-m", ckpt, root / "images", "-o", tmp_path / "idx", "--no-progress")
+    query = sorted((root / "images" / "Coat").glob("*.png"))[0]
+    code, _, err = run(capsys, "query", tmp_path / "idx", query, "-k", "500")
+    assert_one_line_error(code, err, "larger than the index (120 items)")
+    bad = tmp_path / "fake.png"
+    bad.write_text("hello")
+    code, _, err = run(capsys, "query", tmp_path / "idx", bad)
+    assert_one_line_error(code, err, "fake.png")
+    code, _, err = run(capsys, "query", tmp_path / "idx", tmp_path / "nope.png")
+    assert_one_line_error(code, err, "query image not found")
+    code, _, err = run(capsys, "query", tmp_path / "idx", query, "--model", other)
+    assert_one_line_error(code, err, "not the one this index was built with")
+    code, _, err = run(capsys, "query", tmp_path / "nothing", query)
+    assert_one_line_error(code, err, "index not found")
+    emb = tmp_path / "idx" / "embeddings.npy"
+    emb.write_bytes(emb.read_bytes()[:100])
+    code, _, err = run(capsys, "query", tmp_path / "idx", query)
+    assert_one_line_error(code, err, "truncated")
+
+
+def test_bench_reports_missing_scripts_and_runs_found_ones(capfd, monkeypatch, tmp_path):
+    capsys = capfd  # the scripts write to the real stdout
+    monkeypatch.setattr(cli, "_benchmark_dir", lambda: None)
+    code, _, err = run(capsys, "bench")
+    assert_one_line_error(code, err, "source checkout")
+    bench = tmp_path / "benchmarks"
+    bench.mkdir()
+    (bench / "bench_fake.py").write_text("import sys; print('fake ran', sys.argv[1:])\n")
+    monkeypatch.setattr(cli, "_benchmark_dir", lambda: bench)
+    assert run(capsys, "bench", "--list")[1].strip() == "fake"
+    code, _, err = run(capsys, "bench", "nope")
+    assert_one_line_error(code, err, "unknown benchmark")
+    assert cli.main(["bench", "fake", "--args", "--size 3"]) == 0
+    assert "fake ran ['--size', '3']" in capfd.readouterr().out
+
+
+def test_serve_without_the_extra_is_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "deeprank.serve.app", None)  # import fails as without fastapi
+    code, _, err = run(capsys, "serve", tmp_path)
+    assert_one_line_error(code, err, "deeprank[serve]")
+
+
+def test_end_to_end_train_index_query_evaluate(capsys, data, tmp_path):
+    """The user's whole job through the command line, on 120 real images and a seconds-long training."""
+    root, _, _ = data
+    code, out, err = run(
+        capsys, "train", root / "images", "-o", tmp_path / "model", "--max-steps", "2", "--batch-size", "4",
+        "--channels", "1", "--checkpoint-every", "0",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "model" / "model.safetensors").exists()
+    code, out, err = run(capsys, "index", "-m", tmp_path / "model", root / "images", "-o", tmp_path / "idx")
+    assert code == 0 and "indexed 120 images" in out, err
+    query = sorted((root / "images" / "Sneaker").glob("*.png"))[3]
+    code, out, _ = run(capsys, "query", tmp_path / "idx", query, "-k", "5")
+    assert code == 0 and len(out.strip().splitlines()) == 6
+    code, out, err = run(
+        capsys, "evaluate", "-m", tmp_path / "model", root / "images", "-o", tmp_path / "ev", "--baselines",
+        "--num-triplets", "100", "--crops", "10", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    methods = [r["method"] for r in json.loads((tmp_path / "ev" / "results.json").read_text())["results"]]
+    assert methods == ["raw pixels", "colour histogram", "HOG", "wavelet", "untrained network", "model"]
+
+
+def test_demo_quick_writes_table_and_figures(capsys, tmp_path):
+    code, out, err = run(capsys, "demo", "--quick", "-o", tmp_path / "demo")
+    assert code == 0, err
+    demo = tmp_path / "demo"
+    for name in ["results.md", "results.json", "heatmap.png", "grid_queries.png", "grid_crops.png"]:
+        assert (demo / name).stat().st_size > 0, name
+    rows = json.loads((demo / "results.json").read_text())["results"]
+    assert [r["method"] for r in rows] == [
+        "raw pixels", "colour histogram", "HOG", "wavelet", "untrained network", "single-scale",
+        "multiscale (DeepRanking)",
+    ]  # fmt: skip
+    assert all(0 <= r["similarity_precision"] <= 1 and 0 <= r["map@r"] <= 1 for r in rows)
+    assert str(demo) in out and "| multiscale (DeepRanking) |" in out
