@@ -85,9 +85,12 @@ def test_matches_reference_shapes(isa, rng, d, n):
         for k in sorted({1, n, max(1, n // 3)}):
             dist, idx = deeprank.topk(q, x, k)
             assert_matches_reference(q, x, k, dist, idx)
+            tdist, tidx = deeprank.topk(torch.from_numpy(q), torch.from_numpy(x), k)  # torch in, torch out
+            np.testing.assert_array_equal(tdist.numpy(), dist)
+            np.testing.assert_array_equal(tidx.numpy(), idx)
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 16, 31, 32, 33, 70])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 32, 33, 70])
 def test_matches_reference_many_blocks(isa, rng, m):
     # Several database tiles and splits, odd tails of rows and of query lanes.
     q, x = random_case(rng, m, 4099, 20)

@@ -130,7 +130,11 @@ struct Plan {
 Plan make_plan(int64_t mq, int64_t n, int64_t d, int threads) {
   Plan p;
   p.threads = threads;
-  p.lanes = DEEPRANK_ISA_CALL(topk_lanes);
+  p.lanes = DEEPRANK_ISA_CALL(topk_lanes, false);
+  const int64_t narrow = DEEPRANK_ISA_CALL(topk_lanes, true);
+  // A narrow block costs about 3/4 of a wide one (measured, AVX-512): worth it only when one narrow
+  // block holds every query (M = 5..16 on AVX-512), not to trim the last of several wide blocks.
+  if (mq <= narrow) p.lanes = narrow;
   p.few = mq <= kFewQueries;
   if (p.few) {
     p.qblock = std::max<int64_t>(1, mq);
@@ -306,8 +310,8 @@ void topk_search(const float* queries, int64_t m, const float* database, int64_t
         for (int64_t u = 0; u < blocks; ++u) {
           sink.lanes = lane_cand.data() + u * L;
           sink.thr = thr.data() + u * L;
-          DEEPRANK_ISA_CALL(topk_scan_lanes, qpack.data() + u * L * d, d, database, xn, t0, t1, thr.data() + u * L,
-                            sink);
+          DEEPRANK_ISA_CALL(topk_scan_lanes, qpack.data() + u * L * d, static_cast<int>(L), d, database, xn, t0, t1,
+                            thr.data() + u * L, sink);
         }
       }
     }

@@ -98,38 +98,46 @@ constexpr int kVR = 4, kNR = 4;
 using V = Simd::V;
 constexpr int W = Simd::W;
 constexpr int kLanes = kVR * W;
+// Narrow blocks (half the queries) for query counts that would leave half of a
+// wide block's lanes empty, e.g. M = 16 on AVX-512.
+constexpr int kNarrowVR = kVR > 1 ? kVR / 2 : 1;
+// Same row count as the wide block: more rows would be more streams of rows 4 KB apart (D = 1024),
+// which alias in the L1 cache beyond its 12 ways.
+constexpr int kNarrowNR = kNR;
+constexpr int kNarrowLanes = kNarrowVR * W;
 
-// Rows [r, r + NR) against one packed block of kLanes queries; reports hits to the sink.
-template <int NR>
+// Rows [r, r + NR) against one packed block of VR * W queries; reports hits to the sink.
+template <int VR, int NR>
 inline void lanes_step(const float* qpack, int64_t d, const float* x, const float* xn, int64_t r,
-                       V (&th)[kVR], float* thr, HitSink& sink) {
-  V acc[kVR][NR];
+                       V (&th)[VR], float* thr, HitSink& sink) {
+  constexpr int kBlock = VR * W;
+  V acc[VR][NR];
 #pragma GCC unroll 24
   for (int j = 0; j < NR; ++j) {
 #pragma GCC unroll 4
-    for (int v = 0; v < kVR; ++v) acc[v][j] = Simd::zero();
+    for (int v = 0; v < VR; ++v) acc[v][j] = Simd::zero();
   }
   const float* xr = x + r * d;
   for (int64_t c = 0; c < d; ++c) {
-    V a[kVR];
+    V a[VR];
 #pragma GCC unroll 4
-    for (int v = 0; v < kVR; ++v) a[v] = Simd::load(qpack + c * kLanes + v * W);
+    for (int v = 0; v < VR; ++v) a[v] = Simd::load(qpack + c * kBlock + v * W);
 #pragma GCC unroll 24
     for (int j = 0; j < NR; ++j) {
       const V b = Simd::set1(xr[j * d + c]);
 #pragma GCC unroll 4
-      for (int v = 0; v < kVR; ++v) acc[v][j] = Simd::fmadd(a[v], b, acc[v][j]);
+      for (int v = 0; v < VR; ++v) acc[v][j] = Simd::fmadd(a[v], b, acc[v][j]);
     }
   }
   // f = ||x||^2 - 2 q.x, compared with each lane's threshold; almost always no lane passes.
   const V minus2 = Simd::set1(-2.0f);
   unsigned any = 0;
-  unsigned masks[NR][kVR];
+  unsigned masks[NR][VR];
 #pragma GCC unroll 24
   for (int j = 0; j < NR; ++j) {
     const V n = Simd::set1(xn[r + j]);
 #pragma GCC unroll 4
-    for (int v = 0; v < kVR; ++v) {
+    for (int v = 0; v < VR; ++v) {
       acc[v][j] = Simd::fmadd(acc[v][j], minus2, n);
       masks[j][v] = Simd::le_mask(acc[v][j], th[v]);
       any |= masks[j][v];
@@ -137,7 +145,7 @@ inline void lanes_step(const float* qpack, int64_t d, const float* x, const floa
   }
   if (__builtin_expect(any == 0, 1)) return;
   for (int j = 0; j < NR; ++j) {
-    for (int v = 0; v < kVR; ++v) {
+    for (int v = 0; v < VR; ++v) {
       unsigned m = masks[j][v];
       if (m == 0) continue;
       alignas(64) float f[W];
@@ -149,7 +157,7 @@ inline void lanes_step(const float* qpack, int64_t d, const float* x, const floa
       }
     }
   }
-  for (int v = 0; v < kVR; ++v) th[v] = Simd::load(thr + v * W);
+  for (int v = 0; v < VR; ++v) th[v] = Simd::load(thr + v * W);
 }
 
 // Dot products of one query row with 4 consecutive database rows.
@@ -183,19 +191,31 @@ inline float dot1(const float* q, const float* x, int64_t d) {
 
 }  // namespace
 
-int topk_lanes() { return kLanes; }
+int topk_lanes(bool narrow) { return narrow ? kNarrowLanes : kLanes; }
 
 void topk_row_norms(const float* x, int64_t n, int64_t d, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = dot1(x + i * d, x + i * d, d);
 }
 
-void topk_scan_lanes(const float* qpack, int64_t d, const float* x, const float* xn, int64_t r0, int64_t r1,
+namespace {
+template <int VR, int NR>
+void scan_lanes_impl(const float* qpack, int64_t d, const float* x, const float* xn, int64_t r0, int64_t r1,
                      float* thr, HitSink& sink) {
-  V th[kVR];
-  for (int v = 0; v < kVR; ++v) th[v] = Simd::load(thr + v * W);
+  V th[VR];
+  for (int v = 0; v < VR; ++v) th[v] = Simd::load(thr + v * W);
   int64_t r = r0;
-  for (; r + kNR <= r1; r += kNR) lanes_step<kNR>(qpack, d, x, xn, r, th, thr, sink);
-  for (; r < r1; ++r) lanes_step<1>(qpack, d, x, xn, r, th, thr, sink);
+  for (; r + NR <= r1; r += NR) lanes_step<VR, NR>(qpack, d, x, xn, r, th, thr, sink);
+  for (; r < r1; ++r) lanes_step<VR, 1>(qpack, d, x, xn, r, th, thr, sink);
+}
+}  // namespace
+
+void topk_scan_lanes(const float* qpack, int lanes, int64_t d, const float* x, const float* xn, int64_t r0,
+                     int64_t r1, float* thr, HitSink& sink) {
+  if (lanes == kNarrowLanes && kNarrowLanes != kLanes) {
+    scan_lanes_impl<kNarrowVR, kNarrowNR>(qpack, d, x, xn, r0, r1, thr, sink);
+  } else {
+    scan_lanes_impl<kVR, kNR>(qpack, d, x, xn, r0, r1, thr, sink);
+  }
 }
 
 void topk_scan_rows(const float* q, int nq, int64_t d, const float* x, const float* xn, int64_t r0, int64_t r1,

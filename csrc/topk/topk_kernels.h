@@ -21,13 +21,15 @@ struct HitSink {
 
 }  // namespace deeprank
 
-// Queries per packed block of the "lanes" kernel on this ISA (a multiple of the vector width).
-DEEPRANK_DECLARE_ISA_VARIANTS(int topk_lanes())
+// Queries per packed block of the "lanes" kernel on this ISA (a multiple of the vector width);
+// narrow: the smaller block size also supported (half as many queries, more rows per step).
+DEEPRANK_DECLARE_ISA_VARIANTS(int topk_lanes(bool narrow))
 // Squared row norms of a row-major [n, d] array (float32 accumulation).
 DEEPRANK_DECLARE_ISA_VARIANTS(void topk_row_norms(const float* x, int64_t n, int64_t d, float* out))
-// Many queries: qpack is [d][topk_lanes()] (query j of the block in lane j, unused lanes zero);
-// scans rows [r0, r1) of x ([*, d] row-major) with norms xn; thr has topk_lanes() entries.
-DEEPRANK_DECLARE_ISA_VARIANTS(void topk_scan_lanes(const float* qpack, int64_t d, const float* x,
+// Many queries: qpack is [d][lanes] (query j of the block in lane j, unused lanes zero), lanes one
+// of topk_lanes(false / true); scans rows [r0, r1) of x ([*, d] row-major) with norms xn; thr has
+// `lanes` entries.
+DEEPRANK_DECLARE_ISA_VARIANTS(void topk_scan_lanes(const float* qpack, int lanes, int64_t d, const float* x,
                                                     const float* xn, int64_t r0, int64_t r1, float* thr,
                                                     ::deeprank::HitSink& sink))
 // Few queries (nq <= 8): q is [nq, d] row-major; scans rows [r0, r1); thr has nq entries.
