@@ -46,4 +46,19 @@ def topk_workspace_bytes(
 ) -> int:
     """Upper bound of topk's workspace beyond inputs and results, in bytes."""
 
-def __getattr__(name: str) -> Any: ...  # functions bound by the other ops (triplet, lrn)
+# Triplet ranking loss (csrc/triplet/triplet_bindings.cpp). float32 or float64, C-contiguous; outputs are
+# written into the given arrays.
+def triplet_forward(q: Any, p: Any, n: Any, margin: float, losses: Any) -> None:
+    """Per-triplet hinge max(0, margin + |q-p|^2 - |q-n|^2) of [B, D] arrays into losses [B]."""
+
+def triplet_backward(
+    grad_losses: Any, q: Any, p: Any, n: Any, margin: float, dq: Any, dp: Any, dn: Any
+) -> None:
+    """Gradients of the per-triplet hinge into dq, dp, dn [B, D]: zero where satisfied, NaN where NaN."""
+
+# Local response normalization (csrc/lrn/lrn_bindings.cpp), arrays viewed as [N, C, S].
+def lrn_forward(x: Any, size: int, alpha: float, beta: float, k: float, y: Any) -> None:
+    """Across-channel LRN of x into y, as torch.nn.functional.local_response_norm."""
+
+def lrn_backward(grad_y: Any, x: Any, size: int, alpha: float, beta: float, k: float, grad_x: Any) -> None:
+    """Gradient of lrn_forward with respect to x, recomputing the window sums from x."""

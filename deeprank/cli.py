@@ -190,7 +190,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     main_fn = getattr(serve_app, "main", None) or getattr(serve_app, "serve", None)
     if main_fn is None:
         raise DeeprankError("this deeprank build has no serve entry point (deeprank.serve.app.main)")
-    return int(main_fn(args.index, host=args.host, port=args.port) or 0)
+    return int(
+        main_fn(
+            args.index,
+            host=args.host,
+            port=args.port,
+            model=args.model,
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+            max_k=args.max_k,
+            approximate=args.approximate,
+        )
+        or 0
+    )
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -353,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="index directory")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", help="checkpoint for image queries (default: the index's)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted, in MiB (10)")
+    p.add_argument("--max-k", type=_positive_int, default=100, help="largest k a request may ask for (100)")
+    p.add_argument("--approximate", action="store_true", help="search the index's saved FAISS index")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="print build information", description="Print how deeprank was built.")

@@ -316,9 +316,12 @@ def write_results(path: Path, rows: list[dict], meta: dict) -> None:
         rows, f"multiscale, {meta['ablation_seconds']:.0f}s"
     )
     if main_row:
+        title = main_row["method"]
+        if not title.endswith("(main)"):
+            title += "; no separate main run was made (--train-seconds 0)"
         lines += [
             "",
-            "## Targets (main run)",
+            f"## Targets ({title})",
             "",
             "| metric | target | measured | met |",
             "|---|---|---|---|",
@@ -373,7 +376,9 @@ def write_results(path: Path, rows: list[dict], meta: dict) -> None:
         "Notes: timings are wall-clock on a shared machine and vary run to run; ratios in one run are",
         "the meaningful comparison. With `--threads 2` on the shared 2-core machine, torch's two threads",
         "spin against other jobs and training ran about 5x slower than with one thread (measured side by",
-        "side before this run), so this run used the thread count shown above.",
+        "side before this run), so this run used the thread count shown above. The single-scale network",
+        "starts with its embeddings in a narrow cone (no shallow branch to spread them) and, at this lr and",
+        "budget, training moved it away from the untrained ranking instead of improving it.",
         "",
         "Raw rows (JSON):",
         "",

@@ -1,4 +1,6 @@
 import importlib.util
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,6 +9,13 @@ import pytest
 import torch  # noqa: F401
 
 import deeprank
+
+# Subprocesses started by tests (`python -m deeprank ...`) must import the same deeprank as this
+# process: the installed one in CI, not the source tree (no compiled module) that the working
+# directory would put first on sys.path.
+_package_parent = str(Path(deeprank.__file__).resolve().parent.parent)
+os.environ["PYTHONSAFEPATH"] = "1"
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_package_parent, os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture

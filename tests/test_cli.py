@@ -140,7 +140,9 @@ def test_bench_reports_missing_scripts_and_runs_found_ones(capfd, monkeypatch, t
 
 
 def test_serve_without_the_extra_is_one_line(capsys, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "deeprank.serve.app", None)  # import fails as without fastapi
+    # Imports fail as they do without fastapi, whether or not another test already imported the package.
+    monkeypatch.setitem(sys.modules, "deeprank.serve", None)
+    monkeypatch.setitem(sys.modules, "deeprank.serve.app", None)
     code, _, err = run(capsys, "serve", tmp_path)
     assert_one_line_error(code, err, "deeprank[serve]")
 

@@ -1,7 +1,6 @@
 """``deeprank serve``: the JSON API through a real HTTP server on 127.0.0.1, hostile uploads, concurrency."""
 
 import io
-import os
 import signal
 import socket
 import subprocess
@@ -469,13 +468,9 @@ def test_deeprank_serve_command_serves_until_stopped(collection):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
-    )
+    # conftest.py points subprocesses at the deeprank this process imported.
     proc = subprocess.Popen(
         [sys.executable, "-m", "deeprank", "serve", str(collection), "--port", str(port)],
-        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -522,5 +517,6 @@ def test_cli_serve_calls_run_with_the_index(collection, monkeypatch):
 
     calls = []
     monkeypatch.setattr(server_module, "run", lambda index, **kw: calls.append((index, kw)))
-    assert cli.main(["serve", str(collection), "--port", "8765"]) == 0
-    assert calls == [(str(collection), {"host": "127.0.0.1", "port": 8765})]
+    assert cli.main(["serve", str(collection), "--port", "8765", "--max-k", "7", "--max-upload-mb", "2"]) == 0
+    options = {"host": "127.0.0.1", "port": 8765, "model": None, "max_upload_bytes": 2 * 2**20, "max_k": 7}
+    assert calls == [(str(collection), {**options, "approximate": False})]

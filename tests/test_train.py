@@ -40,22 +40,28 @@ def test_train_on_bundled_data_writes_a_loadable_checkpoint(tmp_path):
 
 
 def test_training_reduces_the_loss():
-    # On a fixed batch, a few SGD steps with the training loss must go down (the loop learns).
-    torch.manual_seed(0)
+    # On a fixed batch of real class triplets, SGD steps with the training loss must lower it.
+    from deeprank.data import load_fashion_mnist
     from deeprank.nn import TripletRankingLoss
 
-    model = MultiScaleNet("small", in_channels=1)
-    x = torch.rand(24, 1, 28, 28)
+    torch.manual_seed(0)
+    images, labels = load_fashion_mnist("test")
+    q = np.arange(16)
+    p = np.array([np.flatnonzero(labels == labels[i])[5] for i in q])
+    n = np.array([np.flatnonzero(labels != labels[i])[5] for i in q])
+    x = torch.from_numpy(images[np.concatenate([q, p, n])][:, None]).float() / 255
+    model = MultiScaleNet("small", in_channels=1, dropout=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
     loss_fn = TripletRankingLoss(margin=1.0)
-    model.eval()  # no dropout noise for the check
     first = float(loss_fn(model(x)).detach())
-    for _ in range(8):
+    # From a fresh start the embeddings sit close together (loss near the margin) and move slowly at
+    # first: 20 steps at lr 0.05 take this batch from about 0.99 to about 0.25.
+    for _ in range(20):
         loss = loss_fn(model(x))
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss_fn(model(x)).detach()) < first
+    assert float(loss_fn(model(x)).detach()) < first - 0.1
 
 
 def test_same_seed_repeats_and_other_seed_differs(tmp_path):
