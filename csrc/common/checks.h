@@ -26,6 +26,10 @@ const char* dtype_name() {
   else return "?";
 }
 
+// True for a float32 buffer, false for float64; TypeError naming `name` for anything else. Lets a
+// binding pick the float or double instantiation of a kernel template.
+bool is_float32_array(py::handle obj, const char* name);
+
 // Requests the buffer of `obj` and checks its element type (TypeError), dimensionality (ValueError)
 // and C-contiguity (ValueError). ndim < 0 accepts any dimensionality.
 template <class T>

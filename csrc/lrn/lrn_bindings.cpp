@@ -11,18 +11,6 @@ namespace deeprank {
 namespace py = pybind11;
 namespace {
 
-// True for a float32 buffer, false for float64; TypeError naming `name` for anything else.
-bool is_float32(py::handle obj, const char* name) {
-  if (!PyObject_CheckBuffer(obj.ptr())) {
-    throw py::type_error(std::string(name) + " must be a float32 or float64 array, got " +
-                         std::string(py::str(py::type::of(obj).attr("__name__"))));
-  }
-  const py::buffer_info info = py::reinterpret_borrow<py::buffer>(obj).request();
-  if (info.itemsize == 4 && info.format == py::format_descriptor<float>::format()) return true;
-  if (info.itemsize == 8 && info.format == py::format_descriptor<double>::format()) return false;
-  throw py::type_error(std::string(name) + " must be a float32 or float64 array, got " + describe(info));
-}
-
 void require_same_shape(const py::buffer_info& info, const py::buffer_info& x, const char* name) {
   if (info.shape != x.shape) throw py::value_error(std::string(name) + " must have the shape of x");
 }
@@ -61,7 +49,7 @@ void bind_lrn(py::module_& m) {
   m.def(
       "lrn_forward",
       [](py::handle x, int64_t size, double alpha, double beta, double k, py::handle y) {
-        if (is_float32(x, "x")) forward<float>(x, size, alpha, beta, k, y);
+        if (is_float32_array(x, "x")) forward<float>(x, size, alpha, beta, k, y);
         else forward<double>(x, size, alpha, beta, k, y);
       },
       py::arg("x"), py::arg("size"), py::arg("alpha"), py::arg("beta"), py::arg("k"), py::arg("y"),
@@ -69,7 +57,7 @@ void bind_lrn(py::module_& m) {
   m.def(
       "lrn_backward",
       [](py::handle grad_y, py::handle x, int64_t size, double alpha, double beta, double k, py::handle grad_x) {
-        if (is_float32(x, "x")) backward<float>(grad_y, x, size, alpha, beta, k, grad_x);
+        if (is_float32_array(x, "x")) backward<float>(grad_y, x, size, alpha, beta, k, grad_x);
         else backward<double>(grad_y, x, size, alpha, beta, k, grad_x);
       },
       py::arg("grad_y"), py::arg("x"), py::arg("size"), py::arg("alpha"), py::arg("beta"), py::arg("k"),

@@ -11,18 +11,6 @@ namespace deeprank {
 namespace py = pybind11;
 namespace {
 
-// True for a float32 buffer, false for float64; TypeError naming `name` for anything else.
-bool is_float32(py::handle obj, const char* name) {
-  if (!PyObject_CheckBuffer(obj.ptr())) {
-    throw py::type_error(std::string(name) + " must be a float32 or float64 array, got " +
-                         std::string(py::str(py::type::of(obj).attr("__name__"))));
-  }
-  const py::buffer_info info = py::reinterpret_borrow<py::buffer>(obj).request();
-  if (info.itemsize == 4 && info.format == py::format_descriptor<float>::format()) return true;
-  if (info.itemsize == 8 && info.format == py::format_descriptor<double>::format()) return false;
-  throw py::type_error(std::string(name) + " must be a float32 or float64 array, got " + describe(info));
-}
-
 std::string shape_str(const py::buffer_info& info) {
   std::string s = "(";
   for (size_t d = 0; d < info.shape.size(); ++d) s += (d ? ", " : "") + std::to_string(info.shape[d]);
@@ -79,7 +67,7 @@ void bind_triplet(py::module_& m) {
   m.def(
       "triplet_forward",
       [](py::handle q, py::handle p, py::handle n, double margin, py::handle losses) {
-        if (is_float32(q, "q")) forward<float>(q, p, n, margin, losses);
+        if (is_float32_array(q, "q")) forward<float>(q, p, n, margin, losses);
         else forward<double>(q, p, n, margin, losses);
       },
       py::arg("q"), py::arg("p"), py::arg("n"), py::arg("margin"), py::arg("losses"),
@@ -88,7 +76,7 @@ void bind_triplet(py::module_& m) {
       "triplet_backward",
       [](py::handle grad, py::handle q, py::handle p, py::handle n, double margin, py::handle dq, py::handle dp,
          py::handle dn) {
-        if (is_float32(q, "q")) backward<float>(grad, q, p, n, margin, dq, dp, dn);
+        if (is_float32_array(q, "q")) backward<float>(grad, q, p, n, margin, dq, dp, dn);
         else backward<double>(grad, q, p, n, margin, dq, dp, dn);
       },
       py::arg("grad_losses"), py::arg("q"), py::arg("p"), py::arg("n"), py::arg("margin"), py::arg("dq"),
