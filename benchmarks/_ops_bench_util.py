@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -113,3 +114,48 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def parse_args(name: str, description: str, argv: list[str] | None) -> tuple[argparse.Namespace, Path]:
+    """The options every op benchmark takes, and the JSON path (``results/<name>[_quick].json``)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="small cases (a smoke test, not a measurement)")
+    parser.add_argument("--out", type=Path, default=None, help=f"JSON path (default results/{name}.json)")
+    args = parser.parse_args(argv)
+    stem = f"{name}_quick" if args.quick else name
+    default = Path(__file__).resolve().parent / "results" / f"{stem}.json"
+    return args, args.out or default
+
+
+def announce(quick: bool) -> tuple[dict[str, Any], dict[str, float]]:
+    """Machine facts and measured copy bandwidth, printed once at the start of a run."""
+    machine = machine_info()
+    bw = memory_bandwidth(0.25 if quick else 1.0)
+    print(
+        f"{machine['cpu']}, {machine['cpus_usable']} CPUs, torch {machine['torch']} "
+        f"({machine['torch_threads']} threads), deeprank {machine['deeprank']['simd']} "
+        f"({machine['deeprank']['threads']} threads)"
+    )
+    print(f"copy bandwidth: numpy {bw['numpy_copy'] / 1e9:.1f} GB/s, torch {bw['torch_copy'] / 1e9:.1f} GB/s")
+    return machine, bw
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    """The per-case table shared by the op benchmarks."""
+    print_table(
+        ["case", "pass", "method", "median ms", "min ms", "x deeprank time", "floor ms", "of floor"],
+        [
+            [
+                r["case"],
+                r["pass"],
+                r["method"],
+                f"{r['median_s'] * 1e3:.1f}",
+                f"{r['min_s'] * 1e3:.1f}",
+                f"{r['time_vs_deeprank']:.2f}",
+                f"{r['floor_s'] * 1e3:.1f}",
+                f"{r['fraction_of_floor']:.0%}",
+            ]
+            for r in rows
+        ],
+    )

@@ -17,7 +17,6 @@ Usage: python benchmarks/bench_lrn.py [--repeats 5] [--quick] [--out benchmarks/
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -84,45 +83,13 @@ def bench_case(shape: tuple[int, ...], repeats: int, bandwidth: float) -> list[d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="small cases (a smoke test, not a measurement)")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="JSON path (default benchmarks/results/lrn.json)"
-    )
-    args = parser.parse_args(argv)
-    out = args.out or Path(__file__).resolve().parent / "results" / (
-        "lrn_quick.json" if args.quick else "lrn.json"
-    )
-
-    machine = util.machine_info()
-    bw = util.memory_bandwidth(0.25 if args.quick else 1.0)
-    print(
-        f"{machine['cpu']}, {machine['cpus_usable']} CPUs, torch {machine['torch']} "
-        f"({machine['torch_threads']} threads), deeprank {machine['deeprank']['simd']} "
-        f"({machine['deeprank']['threads']} threads)"
-    )
-    print(f"copy bandwidth: numpy {bw['numpy_copy'] / 1e9:.1f} GB/s, torch {bw['torch_copy'] / 1e9:.1f} GB/s")
+    args, out = util.parse_args("lrn", __doc__.split("\n")[0], argv)
+    machine, bw = util.announce(args.quick)
     rows = []
     for shape in QUICK_CASES if args.quick else CASES:
         rows += bench_case(shape, args.repeats, bw["best"])
 
-    util.print_table(
-        ["case", "pass", "method", "median ms", "min ms", "x deeprank time", "floor ms", "of floor"],
-        [
-            [
-                r["case"],
-                r["pass"],
-                r["method"],
-                f"{r['median_s'] * 1e3:.1f}",
-                f"{r['min_s'] * 1e3:.1f}",
-                f"{r['time_vs_deeprank']:.2f}",
-                f"{r['floor_s'] * 1e3:.1f}",
-                f"{r['fraction_of_floor']:.0%}",
-            ]
-            for r in rows
-        ],
-    )
+    util.print_rows(rows)
     util.write_json(
         out,
         {

@@ -17,7 +17,6 @@ Usage: python benchmarks/bench_triplet.py [--repeats 5] [--quick] [--out benchma
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -98,45 +97,13 @@ def bench_case(b: int, d: int, repeats: int, bandwidth: float) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="small cases (a smoke test, not a measurement)")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="JSON path (default benchmarks/results/triplet.json)"
-    )
-    args = parser.parse_args(argv)
-    out = args.out or Path(__file__).resolve().parent / "results" / (
-        "triplet_quick.json" if args.quick else "triplet.json"
-    )
-
-    machine = util.machine_info()
-    bw = util.memory_bandwidth(0.25 if args.quick else 1.0)
-    print(
-        f"{machine['cpu']}, {machine['cpus_usable']} CPUs, torch {machine['torch']} "
-        f"({machine['torch_threads']} threads), deeprank {machine['deeprank']['simd']} "
-        f"({machine['deeprank']['threads']} threads)"
-    )
-    print(f"copy bandwidth: numpy {bw['numpy_copy'] / 1e9:.1f} GB/s, torch {bw['torch_copy'] / 1e9:.1f} GB/s")
+    args, out = util.parse_args("triplet", __doc__.split("\n")[0], argv)
+    machine, bw = util.announce(args.quick)
     rows = []
     for b, d in QUICK_CASES if args.quick else CASES:
         rows += bench_case(b, d, args.repeats, bw["best"])
 
-    util.print_table(
-        ["case", "pass", "method", "median ms", "min ms", "x deeprank time", "floor ms", "of floor"],
-        [
-            [
-                r["case"],
-                r["pass"],
-                r["method"],
-                f"{r['median_s'] * 1e3:.1f}",
-                f"{r['min_s'] * 1e3:.1f}",
-                f"{r['time_vs_deeprank']:.2f}",
-                f"{r['floor_s'] * 1e3:.1f}",
-                f"{r['fraction_of_floor']:.0%}",
-            ]
-            for r in rows
-        ],
-    )
+    util.print_rows(rows)
     util.write_json(
         out,
         {
