@@ -116,11 +116,52 @@ def resolve_device(device: str) -> torch.device:
 
 
 # ===================================================================================== data sources
+class _EpochOrder:
+    """A fresh random permutation of ``range(size)`` per pass, walked one item at a time; resumable."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.order_rng = np.random.default_rng(seed)
+        self.epoch, self.position = 0, 0
+        self.order = self.order_rng.permutation(size)
+
+    @property
+    def epoch_float(self) -> float:
+        return self.epoch + self.position / self.size
+
+    def next(self) -> tuple[int, bool]:
+        """The next item, and whether it starts a new pass."""
+        new_pass = self.position >= self.size
+        if new_pass:
+            self.epoch, self.position = self.epoch + 1, 0
+            self.order = self.order_rng.permutation(self.size)
+        i = int(self.order[self.position])
+        self.position += 1
+        return i, new_pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "order_rng": self.order_rng.bit_generator.state,
+            "epoch": self.epoch,
+            "position": self.position,
+            "order": self.order.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order_rng.bit_generator.state = state["order_rng"]
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.order = np.asarray(state["order"])
+
+
 class _Source:
     """A deterministic, resumable producer of stacked triplet batches ``uint8 [3B, C, S, S]``."""
 
     size: int  # images (or triplets) per epoch, for the epoch budget
-    epoch_float: float
+    walk: _EpochOrder
+
+    @property
+    def epoch_float(self) -> float:
+        return self.walk.epoch_float
 
     def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(uint8 [3B, C, S, S] stacked q/p/n, category of each image [3B] or None)``."""
@@ -161,22 +202,13 @@ class _SampledSource(_Source):
             max_tries=config.max_tries,
             seed=config.seed,
         )
-        self.order_rng = np.random.default_rng(config.seed + 1)
-        self.epoch, self.position = 0, 0
-        self.order = self.order_rng.permutation(self.size)
-
-    @property
-    def epoch_float(self) -> float:
-        return self.epoch + self.position / self.size
+        self.walk = _EpochOrder(self.size, config.seed + 1)
 
     def _next_item(self) -> tuple[int, Hashable, float]:
-        if self.position >= self.size:
-            # A new pass: fresh buffers so late images of a pass get their turn (keys are per pass).
-            self.epoch, self.position = self.epoch + 1, 0
-            self.order = self.order_rng.permutation(self.size)
+        i, new_pass = self.walk.next()
+        if new_pass:
+            # Fresh buffers so late images of a pass get their turn (keys are per pass).
             self.sampler.reset()
-        i = int(self.order[self.position])
-        self.position += 1
         return i, self.labels[i].item(), self._total(i)
 
     def _total(self, i: int) -> float:
@@ -207,19 +239,11 @@ class _SampledSource(_Source):
         return images, torch.from_numpy(self.labels)[index]
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "sampler": self.sampler.state_dict(),
-            "order_rng": self.order_rng.bit_generator.state,
-            "epoch": self.epoch,
-            "position": self.position,
-            "order": self.order.copy(),
-        }
+        return {"sampler": self.sampler.state_dict(), **self.walk.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
-        self.order_rng.bit_generator.state = state["order_rng"]
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self.order = np.asarray(state["order"])
+        self.walk.load_state_dict(state)
 
     def describe(self) -> dict[str, Any]:
         return self._description
@@ -263,24 +287,14 @@ class _TripletListSource(_Source):
         self.store = ImageStore(names, image_size, channels, config.max_cache_bytes)
         self.skipped = skipped
         self.size = len(self.triplets)
-        self.order_rng = np.random.default_rng(config.seed + 1)
-        self.epoch, self.position = 0, 0
-        self.order = self.order_rng.permutation(self.size)
+        self.walk = _EpochOrder(self.size, config.seed + 1)
         self.path = path
-
-    @property
-    def epoch_float(self) -> float:
-        return self.epoch + self.position / self.size
 
     def refill(self, count: int) -> list[tuple[int, int, int]]:
         out: list[tuple[int, int, int]] = []
         tries = 0
         while len(out) < count:
-            if self.position >= self.size:
-                self.epoch, self.position = self.epoch + 1, 0
-                self.order = self.order_rng.permutation(self.size)
-            t = tuple(int(v) for v in self.triplets[self.order[self.position]])
-            self.position += 1
+            t = tuple(int(v) for v in self.triplets[self.walk.next()[0]])
             tries += 1
             if not set(t) & self.store.bad:
                 out.append(t)  # type: ignore[arg-type]
@@ -292,17 +306,10 @@ class _TripletListSource(_Source):
         return _gather(self.store, self.refill(batch_size), self.skipped, self)[0], None
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "order_rng": self.order_rng.bit_generator.state,
-            "epoch": self.epoch,
-            "position": self.position,
-            "order": self.order.copy(),
-        }
+        return self.walk.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order_rng.bit_generator.state = state["order_rng"]
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self.order = np.asarray(state["order"])
+        self.walk.load_state_dict(state)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "triplets", "path": self.path, "triplets": self.size, "images": len(self.store)}
@@ -324,21 +331,10 @@ class _InstanceSource(_Source):
         self.skipped = skipped
         self.size = len(self.folder)
         self.rng = random.Random(config.seed)
-        self.order_rng = np.random.default_rng(config.seed + 1)
-        self.epoch, self.position = 0, 0
-        self.order = self.order_rng.permutation(self.size)
-
-    @property
-    def epoch_float(self) -> float:
-        return self.epoch + self.position / self.size
+        self.walk = _EpochOrder(self.size, config.seed + 1)
 
     def _next_index(self) -> int:
-        if self.position >= self.size:
-            self.epoch, self.position = self.epoch + 1, 0
-            self.order = self.order_rng.permutation(self.size)
-        i = int(self.order[self.position])
-        self.position += 1
-        return i
+        return self.walk.next()[0]
 
     def next_batch(self, batch_size: int) -> torch.Tensor:
         q, p, n = [], [], []
@@ -366,19 +362,11 @@ class _InstanceSource(_Source):
         return torch.stack(q + p + n), torch.tensor(ids + ids + neg_ids)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "rng": self.rng.getstate(),
-            "order_rng": self.order_rng.bit_generator.state,
-            "epoch": self.epoch,
-            "position": self.position,
-            "order": self.order.copy(),
-        }
+        return {"rng": self.rng.getstate(), **self.walk.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.setstate(state["rng"])
-        self.order_rng.bit_generator.state = state["order_rng"]
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self.order = np.asarray(state["order"])
+        self.walk.load_state_dict(state)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "unlabelled", "path": str(self.folder.root), "images": self.size}
