@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -16,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import cpu_model, write_json  # noqa: F401  (re-exported for the op benchmarks)
 
 import deeprank
 
@@ -64,15 +63,7 @@ def memory_bandwidth(gib: float = 1.0, repeats: int = 5) -> dict[str, float]:
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -91,20 +82,6 @@ def machine_info() -> dict[str, Any]:
     if hasattr(os, "getloadavg"):
         info["load_average_1_5_15"] = list(os.getloadavg())
     return info
-
-
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as JSON atomically (temp file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:
