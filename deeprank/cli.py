@@ -15,8 +15,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import DeeprankError
+
+if TYPE_CHECKING:
+    from .index import Index
 
 EXIT_USAGE = 2
 
@@ -51,23 +55,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_embed(args: argparse.Namespace) -> int:
+def _build_index(args: argparse.Namespace) -> Index:
+    """Embed ``args.folder`` with ``args.model`` (shared by ``embed`` and ``index``)."""
     from .index import Index
 
     _existing_dir(args.folder, "image folder")
     index = Index.build(args.model, args.folder, batch_size=args.batch_size, progress=not args.no_progress)
     _report_skipped(index.skipped)
+    return index
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    index = _build_index(args)
     files = index.export(args.output, format=args.format)
     print(f"embedded {len(index)} images (dimension {index.dim}) -> {', '.join(str(f) for f in files)}")
     return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .index import Index
-
-    _existing_dir(args.folder, "image folder")
-    index = Index.build(args.model, args.folder, batch_size=args.batch_size, progress=not args.no_progress)
-    _report_skipped(index.skipped)
+    index = _build_index(args)
     if args.approximate:
         report = index.build_approximate(args.approximate)
         print(f"approximate index ({args.approximate}): " + json.dumps(_round(report)))
