@@ -25,7 +25,7 @@ workspace is ``4N`` bytes of norms (none when ``database_norms`` is given or a `
 ``M * S * 12 * max(2k, k + 256)`` bytes (``S <= 2T`` database splits) and ``32 * M * k`` bytes for the
 exact final pass (buffers grow beyond this only for rows tying within float32 error); see
 ``deeprank._C.topk_workspace_bytes``. For 1024 queries against 1M x 128 with 2 threads that is about
-12 MB at ``k = 100`` and 80 MB at ``k = 1000`` (plus 4 MB when the norms are computed in the call).
+12.6 MB at ``k = 100`` and 82 MB at ``k = 1000`` (plus 4 MB when the norms are computed in the call).
 """
 
 from __future__ import annotations
