@@ -17,6 +17,8 @@ Presets (:data:`PRESETS`):
 * ``paper``: 225 px RGB, AlexNet widths (96-256-384-384-256, fc 4096-4096), shallow branches of 96 maps
   pooled to 4x4, ``d = 4096``; the shapes are those of ``/work/shared/paper.md``.
 * ``small``: the same structure at reduced widths for 28-64 px images (CPU-friendly); ``d = 64``.
+  It adds batch normalisation after each convolution and uses no dropout: trained from scratch on a
+  2-core CPU, both changes measured better (see ``docs/results.md``); the LRN layers stay.
 
 ``single_scale=True`` keeps the ConvNet branch only (the paper's single-scale ablation).
 
@@ -65,6 +67,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "embedding_dim": 4096,
         "dropout": 0.4,  # the paper keeps 60% of units on fully connected layers
         "lrn": {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0},
+        "batch_norm": False,
     },
     "small": {
         "image_size": 28,
@@ -86,8 +89,12 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"factor": 8, "out": 32, "kernel": 3, "stride": 1, "padding": 1, "pool": "adaptive", "grid": 2},
         ],
         "embedding_dim": 64,
-        "dropout": 0.4,
+        # Trained from scratch in minutes, the 256-wide layers learn slower with the paper's dropout
+        # (0.4: recall@1 0.83 vs 0.86 after 120 s on Fashion-MNIST), and batch normalisation after
+        # each convolution speeds convergence (0.85 vs 0.83); measured in docs/results.md's run notes.
+        "dropout": 0.0,
         "lrn": {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0},
+        "batch_norm": True,
     },
 }
 
@@ -100,6 +107,7 @@ _ARCH_KEYS = (
     "embedding_dim",
     "dropout",
     "lrn",
+    "batch_norm",
     "single_scale",
     "mean",
     "std",
@@ -146,6 +154,8 @@ class _ConvBranch(nn.Module):
         lrn = config["lrn"]
         for spec in config["conv"]:
             layers.append(nn.Conv2d(channels, spec["out"], spec["kernel"], spec["stride"], spec["padding"]))
+            if config.get("batch_norm"):
+                layers.append(nn.BatchNorm2d(spec["out"]))
             layers.append(nn.ReLU(inplace=True))
             size = _pool_out(size, spec["kernel"], spec["stride"], spec["padding"])
             # "lrn": "pre" normalises before the pooling (AlexNet), "post" after it (CaffeNet order,
@@ -185,11 +195,14 @@ class _ConvBranch(nn.Module):
 class _ShallowBranch(nn.Module):
     """Subsample the image ``factor``:1, one convolution, max-pool to a small grid."""
 
-    def __init__(self, spec: Mapping[str, Any], in_channels: int, image_size: int) -> None:
+    def __init__(
+        self, spec: Mapping[str, Any], in_channels: int, image_size: int, batch_norm: bool = False
+    ) -> None:
         super().__init__()
         self.factor = int(spec["factor"])
         self.input_size = max(1, math.ceil(image_size / self.factor))  # 225 -> 57 and 29, as the paper
         self.conv = nn.Conv2d(in_channels, spec["out"], spec["kernel"], spec["stride"], spec["padding"])
+        self.norm: nn.Module = nn.BatchNorm2d(spec["out"]) if batch_norm else nn.Identity()
         size = _pool_out(self.input_size, spec["kernel"], spec["stride"], spec["padding"])
         if spec["pool"] == "adaptive":
             self.grid = int(spec["grid"])
@@ -207,7 +220,7 @@ class _ShallowBranch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Area averaging is the anti-aliased subsampling; adaptive pooling handles non-integer factors.
         small = F.adaptive_avg_pool2d(x, self.input_size)
-        return self.pool(F.relu(self.conv(small))).flatten(1)
+        return self.pool(F.relu(self.norm(self.conv(small)))).flatten(1)
 
 
 class MultiScaleNet(nn.Module):
@@ -220,7 +233,8 @@ class MultiScaleNet(nn.Module):
         embedding_dim: ``d``, the output size; default from the preset.
         single_scale: keep the ConvNet branch only (ablation).
         mean, std: per-channel input normalisation applied inside ``forward``.
-        **overrides: any other key of the preset (``conv``, ``fc``, ``shallow``, ``dropout``, ``lrn``).
+        **overrides: any other key of the preset (``conv``, ``fc``, ``shallow``, ``dropout``, ``lrn``,
+            ``batch_norm``: batch normalisation after each convolution).
 
     ``forward(x)`` takes ``[B, C, H, W]`` floats in ``[0, 1]`` with ``H = W = image_size`` and returns
     ``[B, d]`` unit-norm embeddings. ``model.config`` is a JSON-able dict from which
@@ -270,7 +284,11 @@ class MultiScaleNet(nn.Module):
         self.config: dict[str, Any] = config
         self.convnet = _ConvBranch(config)
         self.shallow = nn.ModuleList(
-            [] if config["single_scale"] else [_ShallowBranch(s, channels, size) for s in config["shallow"]]
+            []
+            if config["single_scale"]
+            else [
+                _ShallowBranch(s, channels, size, bool(config.get("batch_norm"))) for s in config["shallow"]
+            ]
         )
         width = self.convnet.out_dim + sum(b.out_dim for b in self.shallow)
         # No bias: a bias lets the network output one constant point for every image, an absorbing
@@ -403,6 +421,8 @@ def build_model(config: Mapping[str, Any]) -> MultiScaleNet:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} in model config")
     full = preset_config(preset)
+    # Checkpoints written before the batch_norm key existed had none.
+    full["batch_norm"] = False
     for key in _ARCH_KEYS:
         if key in config:
             full[key] = copy.deepcopy(config[key])

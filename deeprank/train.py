@@ -5,7 +5,9 @@ online reservoir sampler (class labels as relevance) and writes a checkpoint dir
 
 * triplets come from a *source* (bundled/array data, image folder, triplet CSV, unlabelled folder);
 * each step stacks ``[q; p; n]`` into one ``[3B, C, S, S]`` batch, applies random pixel shifts
-  (batched in torch), runs the network once and applies :class:`deeprank.nn.TripletRankingLoss`;
+  (batched in torch), runs the network once (channels-last on CPU) and applies the per-triplet hinge:
+  to the sampled triplets, or with in-batch mining (``mining``, :mod:`deeprank.mining`) to the
+  triplets mined from the same embeddings (``auto``: batch-all where categories are the relevance);
 * SGD with Nesterov momentum; weight decay ``2 * lambda`` (the gradient of ``lambda ||W||^2``, with
   the batch loss reduced by its mean); dropout as configured in the model (the paper keeps 60%);
 * the learning rate follows a cosine from ``lr`` to ``0`` over the run's budget (steps, triplets,
@@ -37,6 +39,7 @@ from .checkpoint import CONFIG_FILE, load_config, load_train_state, save_checkpo
 from .data.fashion_mnist import load_fashion_mnist
 from .data.folders import ImageFolder, ImageStore, UnlabelledFolder, read_triplet_csv
 from .data.transforms import SkippedImages, UnreadableImage, augmented_view, random_shift
+from .mining import batch_all_triplet_loss, semi_hard_negatives
 from .models import MultiScaleNet, build_model, preset_config
 from .nn import TripletRankingLoss
 from .sampling import ClassRelevance, GoldenRelevance, ReservoirTripletSampler, TableRelevance
@@ -77,13 +80,13 @@ class TrainConfig:
     max_triplets: int | None = None
     time_budget: float | None = None
     batch_size: int = 64
-    lr: float = 0.02
+    lr: float = 0.05
     momentum: float = 0.9
     weight_decay_lambda: float = 0.001
     schedule: str = "cosine"  # cosine | constant
     warmup_steps: int = 100
     margin: float = 1.0
-    mining: str = "none"  # none | semi-hard (in-batch negatives, see _mine_negatives)
+    mining: str = "auto"  # auto | none | batch-all | semi-hard (see _mining_mode, deeprank.mining)
     out_of_class_fraction: float = 0.2
     buffer_capacity: int = 1000
     relevance_margin: float = 0.0
@@ -493,31 +496,23 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _mine_negatives(
-    embeddings: torch.Tensor, labels: torch.Tensor, margin: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Replace each sampled negative by a semi-hard one from the same batch (optional, off by default).
+MINING_MODES = ("auto", "none", "batch-all", "semi-hard")
 
-    Among the batch's ``3B`` images of another category than the query, pick the closest one that is
-    still farther than the positive (``D(q,p) < D(q,n) < D(q,p) + margin``, FaceNet's semi-hard rule);
-    keep the sampled negative when none qualifies. It reuses embeddings already computed, so it costs
-    no extra forward pass and spends the step on triplets that still violate the margin.
 
-    Experimental: on Fashion-MNIST with lr 0.05 it collapsed the embedding (loss stuck at the margin)
-    within a 5-minute run, which the sampler's own triplets (``mining="none"``) did not; use a lower lr.
+def _mining_mode(config: TrainConfig, source: _Source) -> str:
+    """``auto``: batch-all where categories are the whole relevance, else the sampler's triplets.
+
+    Categories are the whole relevance for class labels and for unlabelled instances (each image its
+    own category). A golden-feature or table relevance orders images *inside* a category, which only
+    the sampled triplets carry; a triplet CSV has no categories at all.
     """
-    q, p, n = embeddings.chunk(3)
-    with torch.no_grad():
-        dist = torch.cdist(q, embeddings).pow_(2)  # [B, 3B]
-        d_pos = (q - p).pow(2).sum(dim=1, keepdim=True)
-        query_labels = labels[: q.shape[0]]
-        ok = (labels[None, :] != query_labels[:, None]) & (dist > d_pos) & (dist < d_pos + margin)
-        masked = dist.masked_fill(~ok, float("inf"))
-        best = masked.argmin(dim=1)
-        found = torch.isfinite(masked.gather(1, best[:, None]))[:, 0]
-        sampled = torch.arange(2 * q.shape[0], 3 * q.shape[0], device=embeddings.device)
-        choice = torch.where(found, best, sampled)
-    return q, p, embeddings[choice]
+    if config.mining != "auto":
+        return config.mining
+    if isinstance(source, _InstanceSource):
+        return "batch-all"
+    if isinstance(source, _SampledSource) and isinstance(source.relevance, ClassRelevance):
+        return "batch-all"
+    return "none"
 
 
 def _budget_fraction(config: TrainConfig, step: int, triplets: int, epoch: float, elapsed: float) -> float:
@@ -551,8 +546,8 @@ def _check_config(config: TrainConfig) -> None:
             raise ValueError(f"{name} must be > 0 when given, got {value}")
     if config.schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {config.schedule!r}")
-    if config.mining not in ("none", "semi-hard"):
-        raise ValueError(f"mining must be 'none' or 'semi-hard', got {config.mining!r}")
+    if config.mining not in MINING_MODES:
+        raise ValueError(f"mining must be one of {', '.join(MINING_MODES)}, got {config.mining!r}")
     if config.max_shift < 0:
         raise ValueError(f"max_shift must be >= 0, got {config.max_shift}")
 
@@ -624,6 +619,11 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
 
         model.load_state_dict(load_file(str(output / "model.safetensors")))
     model.to(device).train()
+    # On CPU, channels-last convolutions, pooling and batch norm run about 1.5x faster (oneDNN's
+    # native layout); CUDA keeps the default. Weights are saved contiguous either way.
+    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    mining = _mining_mode(config, source)
 
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -698,9 +698,11 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         x = x.float().div_(255.0) if not x.is_floating_point() else x
         if config.max_shift:
             x = random_shift(x, config.max_shift, augment_rng)
-        embeddings = model(x)
-        if config.mining == "semi-hard" and labels is not None:
-            loss = loss_fn(*_mine_negatives(embeddings, labels.to(device), config.margin))
+        embeddings = model(x.contiguous(memory_format=memory_format))
+        if mining == "batch-all" and labels is not None:
+            loss = batch_all_triplet_loss(embeddings, labels.to(device), config.margin, augment_rng)
+        elif mining == "semi-hard" and labels is not None:
+            loss = loss_fn(*semi_hard_negatives(embeddings, labels.to(device), config.margin))
         else:
             loss = loss_fn(embeddings)
         optimizer.zero_grad(set_to_none=True)
@@ -750,7 +752,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--channels", type=int, choices=[1, 3], default=None, help="1 grayscale or 3 RGB (default: from data)")
     a("--embedding-dim", type=int, default=None, help="embedding size d (default: the preset's)")
     a("--single-scale", action="store_true", help="ConvNet branch only (the paper's ablation)")
-    a("--dropout", type=float, default=None, help="dropout on fully connected layers (default 0.4)")
+    a(
+        "--dropout",
+        type=float,
+        default=None,
+        help="dropout on fully connected layers (default: the preset's, small 0, paper 0.4)",
+    )
     a("--convnet-weights", default=None, help="a weight file for the ConvNet branch (.safetensors/.pt)")
     a("--epochs", type=float, default=None, help="passes over the data")
     a("--max-steps", type=int, default=None, help="stop after this many steps")
@@ -770,9 +777,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     a("--margin", type=float, default=d.margin, help=f"gap g of the ranking hinge (default {d.margin})")
     a(
         "--mining",
-        choices=["none", "semi-hard"],
+        choices=list(MINING_MODES),
         default=d.mining,
-        help="experimental: semi-hard negatives from each batch (default none: the sampler's triplets)",
+        help="in-batch mining: batch-all (every active triplet of the batch), semi-hard, or none (the "
+        "sampler's triplets only); auto (default) = batch-all when categories are the relevance",
     )
     a(
         "--out-of-class",

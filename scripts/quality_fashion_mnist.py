@@ -44,7 +44,7 @@ from deeprank.checkpoint import load_model  # noqa: E402
 from deeprank.data import ImageFolder, export_image_folder, load_fashion_mnist, load_image  # noqa: E402
 from deeprank.evaluate import similarity_precision  # noqa: E402
 from deeprank.models import MultiScaleNet  # noqa: E402
-from deeprank.train import TrainConfig, train  # noqa: E402
+from deeprank.train import MINING_MODES, TrainConfig, train  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -166,10 +166,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-seconds", type=float, default=900.0)
     parser.add_argument("--ablation-seconds", type=float, default=300.0)
-    parser.add_argument("--peer-seconds", type=float, default=600.0)
+    parser.add_argument(
+        "--peer-seconds", type=float, default=None, help="default: --ablation-seconds (equal budgets)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.02)
-    parser.add_argument("--mining", default="none", choices=["none", "semi-hard"])
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--mining", default="auto", choices=list(MINING_MODES))
     parser.add_argument(
         "--hog", action="store_true", help="also the HOG baseline (slow: 70k images at 96 px)"
     )
@@ -178,6 +180,8 @@ def main() -> None:
     parser.add_argument("--database", type=int, default=60000, help="smoke runs only: smaller database")
     parser.add_argument("--rerender", action="store_true", help="only re-render --output from its JSON rows")
     args = parser.parse_args()
+    if args.peer_seconds is None:
+        args.peer_seconds = args.ablation_seconds
     if args.rerender:
         rerender(Path(args.output), args)
         return
@@ -298,7 +302,7 @@ def write_results(path: Path, rows: list[dict], meta: dict) -> None:
         "`deeprank.evaluate.retrieval_metrics`, exact search); similarity precision on one class triplet",
         "per query (positive from its class, negative from another, correct when `D(q,p) < D(q,n)`).",
         "",
-        f"Machine: {machine}, {cpus} CPUs shared with other jobs (load average {loads} at the end);",
+        f"Machine: {machine}, {cpus} CPUs (load average {loads} at the end, this run included);",
         f"torch threads {m['threads']}. Queries {m['queries']}, database {m['database']}. Training: batch",
         f"{m['batch_size']} triplets, lr {m['lr']} (cosine), SGD + Nesterov, lambda 0.001, margin 1, pixel",
         f"shifts 2, in-batch mining {m['mining']}, seed {m['seed']}.",
@@ -339,8 +343,9 @@ def write_results(path: Path, rows: list[dict], meta: dict) -> None:
             "",
             "The peer trains the same `small` network with a typical hand-rolled loop: per-image PIL",
             "loading, random class triplets, three forward passes, `torch.nn.TripletMarginLoss`.",
-            "deeprank: decoded images cached as uint8, batched shifts, one forward pass on the stacked",
-            "q/p/n batch, Algorithm 1 sampling, the deeprank triplet loss.",
+            "deeprank: decoded images cached as uint8, batched shifts, one channels-last forward pass on",
+            "the stacked q/p/n batch, Algorithm 1 sampling, batch-all in-batch mining (`--mining auto`),",
+            "the deeprank triplet loss.",
             "",
             f"- triplets/s: deeprank {ours_equal['triplets_per_s']} vs peer {peer['triplets_per_s']} "
             f"({speed:.1f}x)",
@@ -367,18 +372,32 @@ def write_results(path: Path, rows: list[dict], meta: dict) -> None:
             )
         lines.append("")
         for key, label in METRICS:
-            holds = ours_equal[key] >= single[key] > untrained[key]
+            learned = "holds" if single[key] > untrained[key] else "does NOT hold"
+            gain = ours_equal[key] - single[key]
+            multi = "holds" if gain >= 0 else "does NOT hold"
             lines.append(
-                f"- {label}: multiscale >= single-scale > untrained {'holds' if holds else 'does NOT hold'}"
+                f"- {label}: single-scale > untrained {learned}; multiscale >= single-scale {multi} "
+                f"(multiscale - single-scale = {gain:+.4f})"
             )
     lines += [
         "",
-        "Notes: timings are wall-clock on a shared machine and vary run to run; ratios in one run are",
-        "the meaningful comparison. With `--threads 2` on the shared 2-core machine, torch's two threads",
-        "spin against other jobs and training ran about 5x slower than with one thread (measured side by",
-        "side before this run), so this run used the thread count shown above. The single-scale network",
-        "starts with its embeddings in a narrow cone (no shallow branch to spread them) and, at this lr and",
-        "budget, training moved it away from the untrained ranking instead of improving it.",
+        "Notes: timings are wall-clock and vary run to run; ratios in one run are the meaningful",
+        "comparison. The issue's own reference peer (a small hand-written CNN, 10 CPU-minutes) measured",
+        "0.89 / 0.84 / 0.97 at about 380 triplets/s with this protocol.",
+        "",
+        "What moved the numbers (120 s runs, 2 threads, quiet machine, evaluated with this protocol;",
+        "recall@1 / MAP@100 / similarity precision):",
+        "",
+        "| change | before | after |",
+        "|---|---|---|",
+        "| sampled triplets -> semi-hard negatives | 0.795 / 0.629 / 0.922 | 0.821 / 0.682 / 0.932 |",
+        "| + batch norm, dropout 0, lr 0.05 | 0.821 / 0.682 / 0.932 | 0.847 / 0.757 / 0.958 |",
+        "| semi-hard -> batch-all (`deeprank.mining`) | 0.847 / 0.757 / 0.958 | 0.865 / 0.806 / 0.972 |",
+        "| dropout 0 -> the paper's 0.4 (batch-all) | 0.859 / 0.800 / 0.972 | 0.827 / 0.741 / 0.963 |",
+        "",
+        "Channels-last tensors on CPU raised training throughput about 1.1x in the loop (1.5x for the",
+        "network's step alone). An lr of 0.1 instead of 0.05 made no difference with batch norm; without",
+        "it, lr 0.1 collapsed the embedding to a point (loss stuck at the margin).",
         "",
         "Raw rows (JSON):",
         "",

@@ -65,6 +65,21 @@ def test_small_layer_shapes_at_28px():
     assert tuple(model.embedding.weight.shape) == (64, 256 + 256)
 
 
+def test_batch_norm_follows_each_convolution_in_small_only():
+    small = MultiScaleNet("small", in_channels=1)
+    layers = list(small.convnet.features)
+    convs = [i for i, m in enumerate(layers) if isinstance(m, torch.nn.Conv2d)]
+    assert all(isinstance(layers[i + 1], torch.nn.BatchNorm2d) for i in convs)
+    assert [b.norm.num_features for b in small.shallow] == [32, 32]
+    assert small.config["batch_norm"] is True and small.config["dropout"] == 0.0
+    paper = MultiScaleNet("paper")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in paper.modules())
+    assert paper.config["dropout"] == 0.4
+    # A checkpoint config written before the batch_norm key existed rebuilds without it.
+    legacy = {k: v for k, v in small.config.items() if k != "batch_norm"}
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in build_model(legacy).modules())
+
+
 def test_single_scale_has_convnet_only():
     model = MultiScaleNet("small", single_scale=True)
     assert len(model.shallow) == 0

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from deeprank.checkpoint import config_hash, load_config, load_model, load_train_state, save_checkpoint
 from deeprank.models import MultiScaleNet
-from deeprank.train import TrainConfig, _mine_negatives, add_train_arguments, config_from_args, train
+from deeprank.train import TrainConfig, add_train_arguments, config_from_args, train
 
 
 def _small(tmp_path, name="run", **kw):
@@ -73,14 +73,15 @@ def test_same_seed_repeats_and_other_seed_differs(tmp_path):
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
 
 
-def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
-    full = train(_small(tmp_path, "full", max_steps=6, mining="semi-hard"), progress=False)
+@pytest.mark.parametrize("mining", ["semi-hard", "auto"])  # auto = batch-all, which draws randomly
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, mining):
+    full = train(_small(tmp_path, "full", max_steps=6, mining=mining), progress=False)
     # interrupted at step 3 of 6 (the schedule still spans 6 steps)
-    part = train(_small(tmp_path, "part", max_steps=6, stop_at_step=3, mining="semi-hard"), progress=False)
+    part = train(_small(tmp_path, "part", max_steps=6, stop_at_step=3, mining=mining), progress=False)
     state = load_train_state(part)
     assert state["step"] == 3 and "optimizer" in state and "source" in state
     assert load_config(part)["progress"]["finished"] is False
-    resumed = train(_small(tmp_path, "part", max_steps=6, resume=True, mining="semi-hard"), progress=False)
+    resumed = train(_small(tmp_path, "part", max_steps=6, resume=True, mining=mining), progress=False)
     assert load_config(resumed)["progress"]["step"] == 6
     a = load_file(str(full / "model.safetensors"))
     b = load_file(str(resumed / "model.safetensors"))
@@ -157,19 +158,6 @@ def test_time_budget_and_epoch_budget(tmp_path):
         _small(tmp_path, "e", data=str(root), max_steps=None, epochs=1, image_size=32), progress=False
     )
     assert 1.0 <= load_config(out)["progress"]["epoch"] < 2.0  # ends at the first step past one pass
-
-
-def test_mined_negatives_are_semi_hard_and_of_another_category():
-    torch.manual_seed(0)
-    emb = torch.nn.functional.normalize(torch.randn(12, 8), dim=1)
-    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 1, 0, 3, 2])
-    q, p, n = _mine_negatives(emb, labels, margin=1.0)
-    d_pos = (q - p).pow(2).sum(1)
-    d_neg = (q - n).pow(2).sum(1)
-    for i in range(4):
-        chosen = int(torch.nonzero((emb == n[i]).all(dim=1))[0])
-        if chosen != 8 + i:  # not the sampled fallback: must be semi-hard and of another category
-            assert labels[chosen] != labels[i] and d_pos[i] < d_neg[i] < d_pos[i] + 1.0
 
 
 def test_bad_config_values_raise(tmp_path):
