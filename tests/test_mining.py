@@ -44,7 +44,7 @@ def test_batch_all_is_an_unbiased_estimate_of_the_active_mean(dtype):
         x = torch.tensor(emb, dtype=dtype, requires_grad=True)
         loss = batch_all_triplet_loss(x, torch.from_numpy(labels), 1.0, gen)
         loss.backward()
-        values.append(float(loss)), grads.append(x.grad.double().numpy())
+        values.append(float(loss.detach())), grads.append(x.grad.double().numpy())
     values, grads = np.array(values), np.array(grads)
     se = values.std() / np.sqrt(len(values))
     assert abs(values.mean() - exact) < 5 * se + 1e-6
@@ -58,7 +58,7 @@ def test_batch_all_counts_ties_as_inactive_and_returns_an_attached_zero():
     emb = torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.0, 1.5]], dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 0, 1])
     loss = batch_all_triplet_loss(emb, labels, margin=2.0)
-    assert float(loss) == 0.0 and loss.requires_grad
+    assert float(loss.detach()) == 0.0 and loss.requires_grad
     loss.backward()
     assert torch.count_nonzero(emb.grad) == 0
 
@@ -68,7 +68,7 @@ def test_batch_all_is_repeatable_with_a_generator_and_finds_the_only_triplet():
     labels = torch.tensor([7, 7, 3])
     # Active: (0,1,2): 1 + 1 - 0.25 = 1.75 and (1,0,2): 1 + 1 - 1.25 = 0.75; mean 1.25.
     loss = batch_all_triplet_loss(emb, labels, 1.0, torch.Generator().manual_seed(3))
-    assert float(loss) == pytest.approx(1.25, abs=1e-12)
+    assert float(loss.detach()) == pytest.approx(1.25, abs=1e-12)
     emb32 = torch.randn(30, 6)
     lab = torch.randint(0, 3, (30,))
     one = batch_all_triplet_loss(emb32, lab, 0.5, torch.Generator().manual_seed(9))
