@@ -91,7 +91,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "embedding_dim": 64,
         # Trained from scratch in minutes, the 256-wide layers learn slower with the paper's dropout
         # (0.4: recall@1 0.83 vs 0.86 after 120 s on Fashion-MNIST), and batch normalisation after
-        # each convolution speeds convergence (0.85 vs 0.83); measured in docs/results.md's run notes.
+        # each convolution speeds convergence (0.85 vs 0.83, semi-hard mining); docs/results.md's notes.
         "dropout": 0.0,
         "lrn": {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0},
         "batch_norm": True,
