@@ -56,9 +56,21 @@ def triplet_backward(
 ) -> None:
     """Gradients of the per-triplet hinge into dq, dp, dn [B, D]: zero where satisfied, NaN where NaN."""
 
-# Local response normalization (csrc/lrn/lrn_bindings.cpp), arrays viewed as [N, C, S].
-def lrn_forward(x: Any, size: int, alpha: float, beta: float, k: float, y: Any) -> None:
+# Local response normalization (csrc/lrn/lrn_bindings.cpp), arrays viewed as [N, C, S], or as
+# [N, S, C] with channels_last (an NHWC tensor's memory order).
+def lrn_forward(
+    x: Any, size: int, alpha: float, beta: float, k: float, y: Any, channels_last: bool = False
+) -> None:
     """Across-channel LRN of x into y, as torch.nn.functional.local_response_norm."""
 
-def lrn_backward(grad_y: Any, x: Any, size: int, alpha: float, beta: float, k: float, grad_x: Any) -> None:
+def lrn_backward(
+    grad_y: Any,
+    x: Any,
+    size: int,
+    alpha: float,
+    beta: float,
+    k: float,
+    grad_x: Any,
+    channels_last: bool = False,
+) -> None:
     """Gradient of lrn_forward with respect to x, recomputing the window sums from x."""

@@ -216,13 +216,44 @@ _triplet_backward.register_autograd(_triplet_backward_grad, setup_context=_tripl
 # ---------------------------------------------------------------------------------------------------
 
 
+def _is_channels_last(x: Tensor) -> bool:
+    """A 4-D tensor laid out NHWC (and not also plain contiguous, as when H = W = 1 or C = 1)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _as_nsc(t: Tensor) -> Tensor:
+    """A channels-last [N, C, H, W] tensor viewed as its memory order [N, H*W, C] (no copy)."""
+    n, c, h, w = t.shape
+    return t.permute(0, 2, 3, 1).view(n, h * w, c)
+
+
+def _lrn_output(x: Tensor) -> Tensor:
+    """The output of the CPU LRN ops for input x: channels-last for channels-last x, else contiguous."""
+    if _is_channels_last(x):
+        n, c, h, w = x.shape
+        return _OUTPUTS.empty((n, h, w, c), x.dtype).permute(0, 3, 1, 2)
+    return _OUTPUTS.empty(x.shape, x.dtype)
+
+
+def _lrn_call(kernel, *tensors: Tensor, params: tuple) -> Tensor:
+    """Run a CPU LRN kernel: channels-last x in its own layout (NHWC), anything else as NCHW."""
+    x = tensors[-1]
+    if _is_channels_last(x):
+        tensors = tuple(t.contiguous(memory_format=torch.channels_last) for t in tensors)
+        out = _lrn_output(x)
+        kernel(*(_host(_as_nsc(t)) for t in tensors), *params, _host(_as_nsc(out)), True)
+        return out
+    tensors = tuple(t.contiguous() for t in tensors)
+    out = _lrn_output(tensors[-1])
+    kernel(*(_host(_as_ncs(t)) for t in tensors), *params, _host(_as_ncs(out)))
+    return out
+
+
 @torch.library.custom_op("deeprank::lrn_forward", mutates_args=(), device_types="cpu")
 def _lrn_forward(x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
     _require_cpu("lrn_forward", x=x)
-    x = x.contiguous()
-    y = _OUTPUTS.empty(x.shape, x.dtype)
-    _C.lrn_forward(_host(_as_ncs(x)), size, alpha, beta, k, _host(_as_ncs(y)))
-    return y
+    _as_ncs(x)  # checks the rank
+    return _lrn_call(_C.lrn_forward, x, params=(size, alpha, beta, k))
 
 
 @_lrn_forward.register_kernel("cuda")
@@ -232,16 +263,16 @@ def _lrn_forward_cuda(x: Tensor, size: int, alpha: float, beta: float, k: float)
 
 @_lrn_forward.register_fake
 def _lrn_forward_fake(x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
+    if x.device.type == "cpu" and _is_channels_last(x):
+        return torch.empty_like(x, memory_format=torch.channels_last)
     return x.new_empty(x.shape)
 
 
 @torch.library.custom_op("deeprank::lrn_backward", mutates_args=(), device_types="cpu")
 def _lrn_backward(grad_y: Tensor, x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
     _require_cpu("lrn_backward", grad_y=grad_y, x=x)
-    grad_y, x = grad_y.contiguous(), x.contiguous()
-    grad_x = _OUTPUTS.empty(x.shape, x.dtype)
-    _C.lrn_backward(_host(_as_ncs(grad_y)), _host(_as_ncs(x)), size, alpha, beta, k, _host(_as_ncs(grad_x)))
-    return grad_x
+    _as_ncs(x)  # checks the rank
+    return _lrn_call(_C.lrn_backward, grad_y, x, params=(size, alpha, beta, k))
 
 
 @_lrn_backward.register_kernel("cuda")
@@ -251,7 +282,7 @@ def _lrn_backward_cuda(grad_y: Tensor, x: Tensor, size: int, alpha: float, beta:
 
 @_lrn_backward.register_fake
 def _lrn_backward_fake(grad_y: Tensor, x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
-    return x.new_empty(x.shape)
+    return _lrn_forward_fake(x, size, alpha, beta, k)
 
 
 def _lrn_setup_context(ctx, inputs, output) -> None:
@@ -355,7 +386,9 @@ def lrn(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: fl
     before, ``(size-1)//2`` after, zeros beyond the edges). Values and gradients match that function.
 
     Args:
-        x: ``[N, C, H, W]`` or ``[N, C, L]`` (any ``[N, C, *]``) float32 or float64 tensor.
+        x: ``[N, C, H, W]`` or ``[N, C, L]`` (any ``[N, C, *]``) float32 or float64 tensor. A
+            channels-last ``[N, C, H, W]`` CPU tensor is normalised in its own layout (no copies)
+            and gives a channels-last result.
         size: channels in the window (>= 1; may exceed C).
         alpha, beta, k: the usual constants; the defaults are AlexNet's (and the paper's).
 
@@ -371,4 +404,8 @@ def lrn(x: Tensor, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: fl
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     alpha, beta, k = _check_real("alpha", alpha), _check_real("beta", beta), _check_real("k", k)
-    return torch.ops.deeprank.lrn_forward(x.contiguous(), size, alpha, beta, k)
+    # Channels-last CPU tensors run in their own layout (output channels-last too); anything else is
+    # made contiguous once here, so the backward does not copy the saved input again.
+    if not (x.device.type == "cpu" and _is_channels_last(x)):
+        x = x.contiguous()
+    return torch.ops.deeprank.lrn_forward(x, size, alpha, beta, k)

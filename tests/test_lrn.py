@@ -119,16 +119,81 @@ def test_nan_and_inf_stay_in_their_windows(rng, isa):
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-13, equal_nan=True)
 
 
-def test_non_contiguous_input(rng):
-    x = _tensor(rng, (2, 6, 5, 4)).to(memory_format=torch.channels_last)
+# Channels-last (NHWC) inputs run a kernel of their own (tiles transposed in cache): odd C and sizes,
+# C = 1 and windows wider than C, H*W not a multiple of the vector width, runs longer than a tile
+# (the kernel treats [N, H*W, C] as one run of N*H*W positions, across image boundaries).
+CL_SHAPES = [(2, 7, 5, 6), (3, 16, 14, 14), (2, 37, 9, 11), (1, 3, 1, 5), (4, 2, 3, 3), (5, 96, 7, 7)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", CL_SHAPES)
+@pytest.mark.parametrize("size", [1, 2, 5, 6, 40])
+def test_channels_last_matches_reference_and_keeps_layout(rng, isa, dtype, shape, size):
+    alpha, beta, k = rng.uniform(0.05, 2.0), float(rng.choice([0.75, 0.6])), rng.uniform(0.5, 3.0)
+    x = _tensor(rng, shape, scale=2.0).to(memory_format=torch.channels_last)
     assert not x.is_contiguous()
+    grad_y = _tensor(rng, shape).to(memory_format=torch.channels_last)
+    y, gx = _forward_and_grad(lambda t: deeprank.lrn(t, size, alpha, beta, k), x.to(dtype), grad_y.to(dtype))
+    y_ref, gx_ref = _forward_and_grad(lambda t: lrn_reference(t, size, alpha, beta, k), x, grad_y)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    assert gx.is_contiguous(memory_format=torch.channels_last) and not gx.is_contiguous()
+    tol = {"rtol": 1e-12, "atol": 1e-13} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 2e-6}
+    torch.testing.assert_close(y, y_ref.to(dtype), **tol)
+    torch.testing.assert_close(gx, gx_ref.to(dtype), **tol)
+
+
+def test_channels_last_with_a_contiguous_gradient(rng):
+    # Autograd may hand the backward a gradient in another layout than the saved input.
+    x = _tensor(rng, (2, 9, 4, 5), scale=2.0).to(memory_format=torch.channels_last)
+    grad_y = _tensor(rng, x.shape)
+    assert grad_y.is_contiguous()
+    y, gx = _forward_and_grad(lambda t: deeprank.lrn(t, 5, 0.4, 0.75, 1.0), x, grad_y)
+    y_ref, gx_ref = _forward_and_grad(lambda t: lrn_reference(t, 5, 0.4, 0.75, 1.0), x, grad_y)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-11, atol=1e-12)
+
+
+def test_channels_last_gradcheck(rng):
+    x = _tensor(rng, (2, 5, 3, 2)).to(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: deeprank.lrn(t, 3, 0.7, 0.75, 1.3), (x,))
+
+
+def test_channels_last_nan_stays_in_its_window(rng):
+    x = _tensor(rng, (2, 12, 3, 4)).to(memory_format=torch.channels_last)
+    x[1, 6, 2, 1] = float("nan")
+    y = deeprank.lrn(x, 5, 1e-2, 0.75, 2.0)
+    assert torch.equal(torch.isnan(y), torch.isnan(lrn_reference(x, 5, 1e-2, 0.75, 2.0)))
+    assert int(torch.isnan(y).sum()) == 5
+
+
+def test_binding_channels_last_is_the_transposed_planar_result(rng):
+    x = rng.standard_normal((3, 11, 20)).astype(np.float32)  # [N, C, S]
+    y = np.empty_like(x)
+    _C.lrn_forward(x, 5, 0.5, 0.75, 2.0, y)
+    x_nsc = np.ascontiguousarray(x.transpose(0, 2, 1))
+    y_nsc = np.empty_like(x_nsc)
+    _C.lrn_forward(x_nsc, 5, 0.5, 0.75, 2.0, y_nsc, channels_last=True)
+    np.testing.assert_array_equal(y_nsc, y.transpose(0, 2, 1))
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    gx, gx_nsc = np.empty_like(x), np.empty_like(x_nsc)
+    _C.lrn_backward(g, x, 5, 0.5, 0.75, 2.0, gx)
+    _C.lrn_backward(np.ascontiguousarray(g.transpose(0, 2, 1)), x_nsc, 5, 0.5, 0.75, 2.0, gx_nsc, True)
+    np.testing.assert_array_equal(gx_nsc, gx.transpose(0, 2, 1))
+
+
+def test_other_strided_inputs(rng):
+    x = _tensor(rng, (2, 6, 5, 8))[..., ::2]  # neither contiguous nor channels-last
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(
         deeprank.lrn(x, 3), lrn_reference(x, 3, 1e-4, 0.75, 2.0), rtol=1e-12, atol=1e-13
     )
 
 
-def test_threads_give_identical_results(rng):
-    x = _tensor(rng, (4, 33, 20, 21), torch.float32, scale=30.0, requires_grad=True)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_threads_give_identical_results(rng, channels_last):
+    x = _tensor(rng, (4, 33, 20, 21), torch.float32, scale=30.0)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
     before = deeprank.get_num_threads()
     results = []
     try:

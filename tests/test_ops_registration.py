@@ -50,6 +50,8 @@ def test_opcheck(dtype):
     grad = torch.rand(6, dtype=dtype)
     x = torch.randn(2, 7, 3, 4, dtype=dtype, requires_grad=True)
     x3 = torch.randn(2, 4, 5, dtype=dtype, requires_grad=True)
+    # Channels-last CPU input: its own kernel and a channels-last output, which the fake must predict.
+    x_cl = torch.randn(2, 6, 3, 5, dtype=dtype).to(memory_format=torch.channels_last).requires_grad_()
     cases = [
         (torch.ops.deeprank.triplet_forward.default, (q, p, n, 2.0)),
         (torch.ops.deeprank.triplet_backward.default, (grad, q, p, n, 2.0)),
@@ -57,6 +59,11 @@ def test_opcheck(dtype):
         (torch.ops.deeprank.lrn_forward.default, (x3, 4, 1e-2, 0.5, 1.0)),
         # No requires_grad here: lrn_backward has no derivative of its own (double backward raises).
         (torch.ops.deeprank.lrn_backward.default, (torch.randn_like(x), x.detach(), 5, 1e-2, 0.75, 2.0)),
+        (torch.ops.deeprank.lrn_forward.default, (x_cl, 3, 1e-2, 0.75, 2.0)),
+        (
+            torch.ops.deeprank.lrn_backward.default,
+            (torch.randn(x_cl.shape, dtype=dtype), x_cl.detach(), 3, 1e-2, 0.75, 2.0),
+        ),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)
@@ -72,6 +79,10 @@ def test_fake_kernels_give_shapes_without_computing():
         y = torch.ops.deeprank.lrn_forward(x, 5, 1e-4, 0.75, 2.0)
         assert y.shape == x.shape and y.dtype == torch.float64
         assert torch.ops.deeprank.lrn_backward(y, x, 5, 1e-4, 0.75, 2.0).shape == x.shape
+        x_cl = x.to(memory_format=torch.channels_last)
+        y_cl = torch.ops.deeprank.lrn_forward(x_cl, 5, 1e-4, 0.75, 2.0)
+        assert y_cl.stride() == x_cl.stride()
+        assert torch.ops.deeprank.lrn_backward(y, x_cl, 5, 1e-4, 0.75, 2.0).stride() == x_cl.stride()
 
 
 def test_meta_tensors_propagate_shapes():

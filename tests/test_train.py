@@ -11,7 +11,13 @@ from safetensors.torch import load_file
 
 from deeprank.checkpoint import config_hash, load_config, load_model, load_train_state, save_checkpoint
 from deeprank.models import MultiScaleNet
-from deeprank.train import TrainConfig, add_train_arguments, config_from_args, train
+from deeprank.train import (
+    TrainConfig,
+    add_train_arguments,
+    config_from_args,
+    default_max_shift,
+    train,
+)
 
 
 def _small(tmp_path, name="run", **kw):
@@ -171,10 +177,18 @@ def test_bad_config_values_raise(tmp_path):
     ):
         with pytest.raises(ValueError):
             train(_small(tmp_path, **bad), progress=False)
+    for shift in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="max_shift must be an int >= 0 or None"):
+            train(_small(tmp_path, max_shift=shift), progress=False)
+
     with pytest.raises(ValueError, match="CUDA"):
         if torch.cuda.is_available():
             raise ValueError("CUDA present: nothing to check")
         train(_small(tmp_path, device="cuda"), progress=False)
+
+
+def test_default_shift_scales_with_the_image():
+    assert [default_max_shift(s) for s in (16, 28, 31, 32, 64, 225)] == [1, 1, 1, 1, 2, 7]
 
 
 def test_cli_arguments_map_to_config():

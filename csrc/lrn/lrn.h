@@ -10,6 +10,10 @@
 // size, and no value is ever subtracted (a running sum that subtracts the leaving channel loses small
 // windows next to huge ones). Sums are in double for float32 and float64. The backward recomputes s
 // from x rather than reading a saved scale tensor.
+//
+// channels_last: the arrays are [N, S, C] instead (a channels-last NHWC tensor). Each tile is then
+// transposed into a [C, w] scratch that stays in cache, so the same loops run along w and vectorise;
+// that saves the two full-tensor layout copies a caller would otherwise make.
 #pragma once
 
 #include <cstdint>
@@ -17,11 +21,11 @@
 #include "common/isa.h"
 
 #define DEEPRANK_LRN_FORWARD(T)                                                                        \
-  void lrn_forward(const T* x, int64_t batch, int64_t channels, int64_t spatial, int64_t size, double alpha, \
-                   double beta, double k, T* y)
+  void lrn_forward(const T* x, int64_t batch, int64_t channels, int64_t spatial, bool channels_last,       \
+                   int64_t size, double alpha, double beta, double k, T* y)
 #define DEEPRANK_LRN_BACKWARD(T)                                                                         \
-  void lrn_backward(const T* grad_y, const T* x, int64_t batch, int64_t channels, int64_t spatial, int64_t size, \
-                    double alpha, double beta, double k, T* grad_x)
+  void lrn_backward(const T* grad_y, const T* x, int64_t batch, int64_t channels, int64_t spatial,        \
+                    bool channels_last, int64_t size, double alpha, double beta, double k, T* grad_x)
 
 DEEPRANK_DECLARE_ISA_VARIANTS(DEEPRANK_LRN_FORWARD(float))
 DEEPRANK_DECLARE_ISA_VARIANTS(DEEPRANK_LRN_FORWARD(double))
@@ -31,12 +35,12 @@ DEEPRANK_DECLARE_ISA_VARIANTS(DEEPRANK_LRN_BACKWARD(double))
 namespace deeprank {
 
 // Entry points on deeprank's thread pool with the SIMD variant in use. x, y, grad_y, grad_x:
-// C-contiguous [batch, channels, spatial]; size >= 1.
+// C-contiguous [batch, channels, spatial], or [batch, spatial, channels] when channels_last; size >= 1.
 template <class T>
-void lrn_forward_cpu(const T* x, int64_t batch, int64_t channels, int64_t spatial, int64_t size, double alpha,
-                     double beta, double k, T* y);
+void lrn_forward_cpu(const T* x, int64_t batch, int64_t channels, int64_t spatial, bool channels_last,
+                     int64_t size, double alpha, double beta, double k, T* y);
 template <class T>
-void lrn_backward_cpu(const T* grad_y, const T* x, int64_t batch, int64_t channels, int64_t spatial, int64_t size,
-                      double alpha, double beta, double k, T* grad_x);
+void lrn_backward_cpu(const T* grad_y, const T* x, int64_t batch, int64_t channels, int64_t spatial,
+                      bool channels_last, int64_t size, double alpha, double beta, double k, T* grad_x);
 
 }  // namespace deeprank

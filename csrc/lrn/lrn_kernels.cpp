@@ -2,7 +2,8 @@
 //
 // Work is split into tiles: one image n and a run of `w` spatial positions, all C channels. A tile's
 // scratch (squares, block suffix sums, scale) stays in L2; every loop runs along the w positions, so it
-// vectorises, while the channel window slides in the outer loop. See lrn.h for the maths.
+// vectorises, while the channel window slides in the outer loop. Channels-last tiles are transposed
+// into a planar [C, w] buffer first (and back after). See lrn.h for the maths.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -228,38 +229,93 @@ int64_t tile_width(int64_t channels, int64_t spatial) {
   return std::min(w, spatial);
 }
 
-// Runs tile(x_offset, w, scratch) over every (image, spatial run) on the pool.
-template <class Tile>
-void for_each_tile(int64_t batch, int64_t channels, int64_t spatial, int64_t scratch_rows, Tile&& tile) {
+// Runs tile(offset, w, scratch, planar) over every (image, spatial run) on the pool; offset is the
+// run's first element in an [N, C, S] array, or an [N, S, C] one when channels_last, where each worker
+// also gets `planar_rows` [C][w] arrays of T for the transposes (planar is null otherwise).
+template <class T, class Tile>
+void for_each_tile(int64_t batch, int64_t channels, int64_t spatial, bool channels_last, int64_t scratch_rows,
+                   int64_t planar_rows, Tile&& tile) {
   if (batch <= 0 || channels <= 0 || spatial <= 0) return;
   const int64_t w = tile_width(channels, spatial);
   const int64_t tiles = (spatial + w - 1) / w;
   const int64_t units = batch * tiles;
+  const int64_t step = channels_last ? channels : 1;  // elements between neighbouring positions
   const int workers = static_cast<int>(std::min<int64_t>(get_num_threads(), units));
   std::atomic<int64_t> next{0};
   parallel_run(workers, [&](int, int) {
     std::unique_ptr<double[]> scratch(new double[(scratch_rows * channels + 2) * w]);
+    std::unique_ptr<T[]> planar(channels_last ? new T[planar_rows * channels * w] : nullptr);
     for (;;) {
       const int64_t u = next.fetch_add(1, std::memory_order_relaxed);
       if (u >= units) return;
       const int64_t n = u / tiles, s0 = (u % tiles) * w;
-      tile(n * channels * spatial + s0, std::min(w, spatial - s0), scratch.get());
+      tile(n * channels * spatial + s0 * step, std::min(w, spatial - s0), scratch.get(), planar.get());
     }
   });
 }
 
+// [w, C] rows (C contiguous) <-> [C, w] (w contiguous), both within one tile so they stay in cache.
+// Blocks of kBlock positions keep both sides' accesses within a few cache lines per channel.
+constexpr int64_t kBlock = 16;
+
+template <class T>
+void to_planar(const T* src, T* dst, int64_t channels, int64_t w) {
+  for (int64_t j0 = 0; j0 < w; j0 += kBlock) {
+    const int64_t j1 = std::min(w, j0 + kBlock);
+    for (int64_t c = 0; c < channels; ++c) {
+      T* d = dst + c * w;
+#pragma omp simd
+      for (int64_t j = j0; j < j1; ++j) d[j] = src[j * channels + c];
+    }
+  }
+}
+
+template <class T>
+void from_planar(const T* src, T* dst, int64_t channels, int64_t w) {
+  for (int64_t j0 = 0; j0 < w; j0 += kBlock) {
+    const int64_t j1 = std::min(w, j0 + kBlock);
+    for (int64_t j = j0; j < j1; ++j) {
+      T* d = dst + j * channels;
+#pragma omp simd
+      for (int64_t c = 0; c < channels; ++c) d[c] = src[c * w + j];
+    }
+  }
+}
+
 template <class T, int Kind>
-void forward_run(const T* x, int64_t batch, int64_t channels, int64_t spatial, Window win, const Params& prm, T* y) {
-  for_each_tile(batch, channels, spatial, 1, [&](int64_t off, int64_t w, double* scratch) {
-    forward_tile<T, Kind>(x + off, y + off, channels, spatial, w, win, prm, scratch);
+void forward_run(const T* x, int64_t batch, int64_t channels, int64_t spatial, bool channels_last, Window win,
+                 const Params& prm, T* y) {
+  if (!channels_last) {
+    for_each_tile<T>(batch, channels, spatial, false, 1, 0, [&](int64_t off, int64_t w, double* scratch, T*) {
+      forward_tile<T, Kind>(x + off, y + off, channels, spatial, w, win, prm, scratch);
+    });
+    return;
+  }
+  // Every position is independent, so [N, S, C] is one run of N*S positions (longer tiles).
+  for_each_tile<T>(1, channels, batch * spatial, true, 1, 2, [&](int64_t off, int64_t w, double* scratch, T* xt) {
+    T* yt = xt + channels * w;
+    to_planar(x + off, xt, channels, w);
+    forward_tile<T, Kind>(xt, yt, channels, w, w, win, prm, scratch);
+    from_planar(yt, y + off, channels, w);
   });
 }
 
 template <class T, int Kind>
-void backward_run(const T* g, const T* x, int64_t batch, int64_t channels, int64_t spatial, Window win,
-                  const Params& prm, T* dx) {
-  for_each_tile(batch, channels, spatial, 3, [&](int64_t off, int64_t w, double* scratch) {
-    backward_tile<T, Kind>(g + off, x + off, dx + off, channels, spatial, w, win, prm, scratch);
+void backward_run(const T* g, const T* x, int64_t batch, int64_t channels, int64_t spatial, bool channels_last,
+                  Window win, const Params& prm, T* dx) {
+  if (!channels_last) {
+    for_each_tile<T>(batch, channels, spatial, false, 3, 0, [&](int64_t off, int64_t w, double* scratch, T*) {
+      backward_tile<T, Kind>(g + off, x + off, dx + off, channels, spatial, w, win, prm, scratch);
+    });
+    return;
+  }
+  for_each_tile<T>(1, channels, batch * spatial, true, 3, 3, [&](int64_t off, int64_t w, double* scratch, T* gt) {
+    T* xt = gt + channels * w;
+    T* dt = xt + channels * w;
+    to_planar(g + off, gt, channels, w);
+    to_planar(x + off, xt, channels, w);
+    backward_tile<T, Kind>(gt, xt, dt, channels, w, w, win, prm, scratch);
+    from_planar(dt, dx + off, channels, w);
   });
 }
 
@@ -267,37 +323,41 @@ void backward_run(const T* g, const T* x, int64_t batch, int64_t channels, int64
 Window window_of(int64_t size) { return Window{size / 2, (size - 1) / 2, size}; }
 
 template <class T>
-void forward_impl(const T* x, int64_t batch, int64_t channels, int64_t spatial, int64_t size, double alpha,
-                  double beta, double k, T* y) {
+void forward_impl(const T* x, int64_t batch, int64_t channels, int64_t spatial, bool cl, int64_t size,
+                  double alpha, double beta, double k, T* y) {
   const Params prm{alpha / static_cast<double>(size), beta, k};
   const Window win = window_of(size);
   switch (pow_kind(beta)) {
-    case kPow075: return forward_run<T, kPow075>(x, batch, channels, spatial, win, prm, y);
-    case kPow05: return forward_run<T, kPow05>(x, batch, channels, spatial, win, prm, y);
-    case kPow1: return forward_run<T, kPow1>(x, batch, channels, spatial, win, prm, y);
-    default: return forward_run<T, kPowAny>(x, batch, channels, spatial, win, prm, y);
+    case kPow075: return forward_run<T, kPow075>(x, batch, channels, spatial, cl, win, prm, y);
+    case kPow05: return forward_run<T, kPow05>(x, batch, channels, spatial, cl, win, prm, y);
+    case kPow1: return forward_run<T, kPow1>(x, batch, channels, spatial, cl, win, prm, y);
+    default: return forward_run<T, kPowAny>(x, batch, channels, spatial, cl, win, prm, y);
   }
 }
 
 template <class T>
-void backward_impl(const T* g, const T* x, int64_t batch, int64_t channels, int64_t spatial, int64_t size,
-                   double alpha, double beta, double k, T* dx) {
+void backward_impl(const T* g, const T* x, int64_t batch, int64_t channels, int64_t spatial, bool cl,
+                   int64_t size, double alpha, double beta, double k, T* dx) {
   const Params prm{alpha / static_cast<double>(size), beta, k};
   const Window win = window_of(size);
   switch (pow_kind(beta)) {
-    case kPow075: return backward_run<T, kPow075>(g, x, batch, channels, spatial, win, prm, dx);
-    case kPow05: return backward_run<T, kPow05>(g, x, batch, channels, spatial, win, prm, dx);
-    case kPow1: return backward_run<T, kPow1>(g, x, batch, channels, spatial, win, prm, dx);
-    default: return backward_run<T, kPowAny>(g, x, batch, channels, spatial, win, prm, dx);
+    case kPow075: return backward_run<T, kPow075>(g, x, batch, channels, spatial, cl, win, prm, dx);
+    case kPow05: return backward_run<T, kPow05>(g, x, batch, channels, spatial, cl, win, prm, dx);
+    case kPow1: return backward_run<T, kPow1>(g, x, batch, channels, spatial, cl, win, prm, dx);
+    default: return backward_run<T, kPowAny>(g, x, batch, channels, spatial, cl, win, prm, dx);
   }
 }
 
 }  // namespace
 
-DEEPRANK_LRN_FORWARD(float) { forward_impl(x, batch, channels, spatial, size, alpha, beta, k, y); }
-DEEPRANK_LRN_FORWARD(double) { forward_impl(x, batch, channels, spatial, size, alpha, beta, k, y); }
-DEEPRANK_LRN_BACKWARD(float) { backward_impl(grad_y, x, batch, channels, spatial, size, alpha, beta, k, grad_x); }
-DEEPRANK_LRN_BACKWARD(double) { backward_impl(grad_y, x, batch, channels, spatial, size, alpha, beta, k, grad_x); }
+DEEPRANK_LRN_FORWARD(float) { forward_impl(x, batch, channels, spatial, channels_last, size, alpha, beta, k, y); }
+DEEPRANK_LRN_FORWARD(double) { forward_impl(x, batch, channels, spatial, channels_last, size, alpha, beta, k, y); }
+DEEPRANK_LRN_BACKWARD(float) {
+  backward_impl(grad_y, x, batch, channels, spatial, channels_last, size, alpha, beta, k, grad_x);
+}
+DEEPRANK_LRN_BACKWARD(double) {
+  backward_impl(grad_y, x, batch, channels, spatial, channels_last, size, alpha, beta, k, grad_x);
+}
 
 }  // namespace DEEPRANK_ISA
 }  // namespace deeprank
