@@ -13,7 +13,8 @@
 //
 // channels_last: the arrays are [N, S, C] instead (a channels-last NHWC tensor). Each tile is then
 // transposed into a [C, w] scratch that stays in cache, so the same loops run along w and vectorise;
-// that saves the two full-tensor layout copies a caller would otherwise make.
+// that saves the two full-tensor layout copies a caller would otherwise make. Workspace per worker:
+// the double scratch of the NCHW path plus 2 (forward) or 3 (backward) [C, w] arrays of T, w <= 512.
 #pragma once
 
 #include <cstdint>
