@@ -149,6 +149,7 @@ def test_channels_last_with_a_contiguous_gradient(rng):
     assert grad_y.is_contiguous()
     y, gx = _forward_and_grad(lambda t: deeprank.lrn(t, 5, 0.4, 0.75, 1.0), x, grad_y)
     y_ref, gx_ref = _forward_and_grad(lambda t: lrn_reference(t, 5, 0.4, 0.75, 1.0), x, grad_y)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(gx, gx_ref, rtol=1e-11, atol=1e-12)
 
 
