@@ -243,16 +243,15 @@ def _lrn_call(kernel, *tensors: Tensor, params: tuple) -> Tensor:
         out = _lrn_output(x)
         kernel(*(_host(_as_nsc(t)) for t in tensors), *params, _host(_as_nsc(out)), True)
         return out
-    tensors = tuple(t.contiguous() for t in tensors)
-    out = _lrn_output(tensors[-1])
-    kernel(*(_host(_as_ncs(t)) for t in tensors), *params, _host(_as_ncs(out)))
+    views = [_as_ncs(t.contiguous()) for t in tensors]  # raises for fewer than 3 dimensions
+    out = _lrn_output(x)
+    kernel(*(_host(v) for v in views), *params, _host(_as_ncs(out)))
     return out
 
 
 @torch.library.custom_op("deeprank::lrn_forward", mutates_args=(), device_types="cpu")
 def _lrn_forward(x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
     _require_cpu("lrn_forward", x=x)
-    _as_ncs(x)  # checks the rank
     return _lrn_call(_C.lrn_forward, x, params=(size, alpha, beta, k))
 
 
@@ -271,7 +270,6 @@ def _lrn_forward_fake(x: Tensor, size: int, alpha: float, beta: float, k: float)
 @torch.library.custom_op("deeprank::lrn_backward", mutates_args=(), device_types="cpu")
 def _lrn_backward(grad_y: Tensor, x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
     _require_cpu("lrn_backward", grad_y=grad_y, x=x)
-    _as_ncs(x)  # checks the rank
     return _lrn_call(_C.lrn_backward, grad_y, x, params=(size, alpha, beta, k))
 
 

@@ -6,9 +6,9 @@ online reservoir sampler (class labels as relevance) and writes a checkpoint dir
 * triplets come from a *source* (bundled/array data, image folder, triplet CSV, unlabelled folder);
 * each step stacks ``[q; p; n]`` into one ``[3B, C, S, S]`` batch, applies random pixel shifts
   (batched in torch; by default up to ``S // 32`` pixels, at least 1), runs the network once
-  (channels-last on CPU) and applies the per-triplet hinge:
-  to the sampled triplets, or with in-batch mining (``mining``, :mod:`deeprank.mining`) to the
-  triplets mined from the same embeddings (``auto``: batch-all where categories are the relevance);
+  (channels-last on CPU) and applies the per-triplet hinge, either to the sampled triplets or, with
+  in-batch mining (``mining``, :mod:`deeprank.mining`), to triplets mined from the same embeddings
+  (``auto``: batch-all where categories are the relevance);
 * SGD with Nesterov momentum; weight decay ``2 * lambda`` (the gradient of ``lambda ||W||^2``, with
   the batch loss reduced by its mean); dropout as configured in the model (the paper keeps 60%);
 * the learning rate follows a cosine from ``lr`` to ``0`` over the run's budget (steps, triplets,

@@ -11,10 +11,10 @@ Protocol (the issue's):
   negative; correct when ``D(q,p) < D(q,n)``);
 * rows: raw pixels, HOG (``--hog``), the untrained network, the multiscale network trained for
   ``--ablation-seconds`` and the single-scale one on the same number of triplets (the paper's Table 2
-  ordering on the same data), the main
-  multiscale run of ``--train-seconds`` (15 minutes by default), and a hand-written peer: the *same
-  model* trained by a typical hand-rolled loop (per-image PIL loading, random class triplets, three
-  forward passes, ``torch.nn.TripletMarginLoss``) for ``--peer-seconds``.
+  ordering on the same data), the main multiscale run of ``--train-seconds`` (15 minutes by default),
+  and a hand-written peer: the *same model* trained by a typical hand-rolled loop (per-image PIL
+  loading, random class triplets, three forward passes, ``torch.nn.TripletMarginLoss``) for
+  ``--peer-seconds``.
 
 Usage::
 
@@ -442,7 +442,7 @@ def write_results(path: Path, rows: list[dict], meta: dict) -> None:
         "| shifts 2 px, random horizontal flips too | 0.883 / 0.833 / 0.979 |",
         "| no shifts, conv3-4 widths 64 instead of 48 | 0.888 / 0.855 / 0.979 |",
         "| shifts 1 px, shallow branches on 2:1 and 4:1 instead of 4:1 and 8:1 | 0.893 / 0.853 / 0.983 |",
-        "| shifts 1 px, single-scale, same 300 s (15% more triplets) | 0.891 / 0.854 / 0.982 |",
+        "| shifts 1 px, single-scale, 300 s (15% more triplets than the row above) | 0.891 / 0.854 / 0.982 |",
         "",
         "Fashion-MNIST's items are centred, and the queries are too, so position tolerance is not",
         "rewarded here; the library's default (`default_max_shift`: 1 px at 28 px, 7 px at 225 px)",
