@@ -6,11 +6,9 @@ Import from a script in this folder (``from _common import ...``) or as ``benchm
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -153,17 +151,7 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: s
 
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
-    """Writes ``payload`` as JSON atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Writes ``payload`` as JSON atomically (:func:`deeprank.io.write_json_atomic`)."""
+    from deeprank.io import write_json_atomic
+
+    return write_json_atomic(path, payload)

@@ -16,13 +16,10 @@ timing. Without a usable GPU it writes nothing and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import re
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,8 +33,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import deeprank  # noqa: E402
-from deeprank import _cuda_ops  # noqa: E402
 from deeprank._build import cuda_device_count, cuda_module  # noqa: E402
+from deeprank.io import write_json_atomic  # noqa: E402
+from deeprank.ops import cuda as _cuda_ops  # noqa: E402
 
 # Targets from the CUDA issue; compared only with numbers measured in this run.
 TARGETS = {
@@ -246,15 +244,6 @@ def bench_lrn(shape: tuple[int, ...], bw: float) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -356,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_").lower()
     path = args.out / f"cuda_{slug}{'_quick' if args.quick else ''}.json"
-    write_json(path, data)
+    write_json_atomic(path, data)
     print(f"wrote {path}")
     return 0
 

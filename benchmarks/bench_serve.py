@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import random
@@ -36,10 +35,10 @@ def build_index(root: Path, count: int) -> Path:
     """Fashion-MNIST test images as PNG files and an index built with an untrained ``small`` model."""
     import torch
 
-    from deeprank.checkpoint import save_checkpoint
     from deeprank.data import export_image_folder, load_fashion_mnist
     from deeprank.index import Index
     from deeprank.models import MultiScaleNet
+    from deeprank.models.checkpoint import save_checkpoint
 
     images, labels = load_fashion_mnist("test")
     export_image_folder(images[:count], labels[:count], root / "images")
@@ -243,10 +242,9 @@ def main() -> int:
         "results": results,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_out, args.out)
+    from deeprank.io import write_json_atomic
+
+    write_json_atomic(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

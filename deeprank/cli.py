@@ -48,7 +48,8 @@ def _existing_dir(path: str, what: str) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import config_from_args, train
+    from .training import train
+    from .training.config import config_from_args
 
     checkpoint = train(config_from_args(args), progress=not args.quiet if hasattr(args, "quiet") else True)
     print(f"checkpoint: {checkpoint}")
@@ -88,7 +89,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     index = Index.load(args.index, model=args.model, verify=not args.no_verify)
     if args.k > len(index):
         raise DeeprankError(f"-k {args.k} is larger than the index ({len(index)} items)")
-    from .embed import list_folder
+    from .embedding import list_folder
 
     queries: list[str] = []
     for image in args.images:  # a folder stands for all the images in it
@@ -104,7 +105,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             for hit in result.hits(i):
                 print(f"  {hit['rank']:>3}  {hit['distance']:.4f}  {hit['path'] or hit['id']}")
     if args.grid:
-        from .plots import result_grid
+        from .evaluation.plots import result_grid
 
         missing = [p for row in result.paths for p in row if p is None or not Path(p).exists()]
         if missing:
@@ -115,7 +116,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_folder
+    from .evaluation import evaluate_folder
 
     _existing_dir(args.folder, "image folder")
     paths = evaluate_folder(
@@ -136,7 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_triplets(args: argparse.Namespace) -> int:
-    from .evaluate import write_folder_triplets
+    from .evaluation import write_folder_triplets
 
     _existing_dir(args.folder, "image folder")
     count = write_folder_triplets(args.folder, args.output, per_image=args.per_image, seed=args.seed)
@@ -243,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on images or triplets", description="Train a model.")
     try:
-        from .train import add_train_arguments
+        from .training.config import add_train_arguments
 
         add_train_arguments(p)
     except ImportError:  # pragma: no cover - only in a broken install

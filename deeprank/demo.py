@@ -80,7 +80,7 @@ def _train_model(
 ) -> Path:
     """Train the small preset on in-memory images (via the image-folder path the CLI uses)."""
     from .data.fashion_mnist import export_image_folder
-    from .train import TrainConfig, train
+    from .training import TrainConfig, train
 
     folder = out_dir / "data" / "train"
     if not folder.exists():
@@ -108,20 +108,19 @@ def run_demo(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the demo (module docstring) and return ``{"output", "results", "seconds"}``."""
-    from .checkpoint import load_model
-    from .data import load_fashion_mnist
+    from .data import category_of, load_fashion_mnist, random_crops
     from .data.fashion_mnist import export_image_folder
-    from .evaluate import (
+    from .embedding import load_images
+    from .evaluation import (
         baseline_embedders,
         evaluate_methods,
-        random_crops,
         sample_labelled_triplets,
         triplet_ranks,
         write_results,
     )
+    from .evaluation.plots import rank_heatmap, result_grid
     from .index import Index
-    from .models import build_model
-    from .plots import rank_heatmap, result_grid
+    from .models import build_model, load_model
 
     start = time.perf_counter()
     s = DemoSettings.quick() if quick else DemoSettings()
@@ -166,11 +165,10 @@ def run_demo(
 
     # Evaluation tensors in index order (labels from the class sub-folder of each id).
     model, _ = load_model(checkpoints["multiscale"])
-    from .embed import load_images
-
     batch, kept, _ = load_images(index.paths, model.image_size, model.in_channels)
-    names = sorted({i.split("/")[0] for i in index.ids})
-    eval_labels = np.array([names.index(i.split("/")[0]) for i in index.ids])
+    categories = [category_of(i) for i in index.ids]
+    names = sorted(set(categories))
+    eval_labels = np.array([names.index(c) for c in categories])
     triplets = sample_labelled_triplets(eval_labels, s.triplets, seed=seed)
     crop_sources = np.random.default_rng(seed + 1).choice(
         len(index), size=min(s.crops, len(index)), replace=False
@@ -213,17 +211,14 @@ def run_demo(
         [d for i, d in zip(row, drow, strict=True) if i != index.ids[q]][: s.grid_k]
         for row, drow, q in zip(res.ids, res.distances, q_rows, strict=True)
     ]
-    correct = [
-        [i.split("/")[0] == index.ids[q].split("/")[0] for i in row]
-        for row, q in zip(res_ids, q_rows, strict=True)
-    ]
+    correct = [[category_of(i) == categories[q] for i in row] for row, q in zip(res_ids, q_rows, strict=True)]
     result_grid(
         [index.paths[q] for q in q_rows],
         [[index.path_of(i) for i in row] for row in res_ids],
         np.array(res_dist),
         out / "grid_queries.png",
         correct=np.array(correct),
-        captions=[[i.split("/")[0] for i in row] for row in res_ids],
+        captions=[[category_of(i) for i in row] for row in res_ids],
     )
     crop_show = np.arange(min(s.grid_queries, len(crops)))
     res = index.search(methods["multiscale (DeepRanking)"][1][crop_show], k=s.grid_k)
@@ -234,7 +229,7 @@ def run_demo(
         out / "grid_crops.png",
         correct=res.indices == crop_sources[crop_show, None],
         query_label="crop",
-        captions=[[i.split("/")[0] for i in row] for row in res.ids],
+        captions=[[category_of(i) for i in row] for row in res.ids],
     )
 
     total = time.perf_counter() - start
@@ -261,7 +256,7 @@ def run_demo(
 
 
 def _model_embedder(model: torch.nn.Module):
-    from .embed import embed_tensor
+    from .embedding import embed_tensor
 
     model.eval()
     return lambda x: embed_tensor(model, x)

@@ -29,7 +29,6 @@ __all__ = [
     "color_distance",
     "hog",
     "hog_distance",
-    "golden_relevance",
     "wavelet",
     "wavelet_distance",
 ]
@@ -208,92 +207,78 @@ def wavelet(images: np.ndarray | torch.Tensor, size: int = 32, keep: int = 40) -
     return (signature * weights).reshape(n, -1).numpy().astype(np.float32)
 
 
-def _paired(a, b, fn: Callable) -> torch.Tensor:
-    a = torch.as_tensor(np.asarray(a), dtype=torch.float32)
-    b = torch.as_tensor(np.asarray(b), dtype=torch.float32)
-    if a.shape != b.shape or a.dim() != 2:
+def _pair_arrays(a, b) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    if x.shape != y.shape or x.ndim not in (1, 2):
         raise ValueError(
-            f"paired distances need two [N, F] arrays of one shape, got {tuple(a.shape)}, {tuple(b.shape)}"
+            f"paired distances need two [N, F] (or [F]) arrays of one shape, got {x.shape}, {y.shape}"
         )
-    return fn(a, b)
+    return x, y
 
 
-def _cdist(a, b, p: float) -> torch.Tensor:
-    a = torch.as_tensor(np.asarray(a), dtype=torch.float32)
-    b = torch.as_tensor(np.asarray(b), dtype=torch.float32)
-    return torch.cdist(a[None], b[None], p=p)[0]
+def _cdist(a, b, p: float) -> np.ndarray:
+    x = torch.as_tensor(np.asarray(a), dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(b), dtype=torch.float32)
+    return torch.cdist(x[None], y[None], p=p)[0].numpy()
 
 
-def color_distance(a, b, paired: bool = False) -> torch.Tensor:
-    """Normalised L1 distance ``||a - b||_1 / 2`` of colour histograms (``[M, N]``, or ``[N]`` if paired)."""
+def color_distance(a, b, paired: bool = False) -> np.ndarray:
+    """Normalised L1 distance ``||a - b||_1 / 2`` of colour histograms.
+
+    ``[M, N]`` for all pairs of rows of ``a`` and ``b``; with ``paired=True`` row ``i`` with row ``i``
+    (``[N]``, or a float for two single vectors ``[F]``).
+    """
     if not paired:
         return _cdist(a, b, 1.0) / 2
-    return _paired(a, b, lambda x, y: (x - y).abs().sum(dim=1) / 2)
+    x, y = _pair_arrays(a, b)
+    return np.abs(x - y).sum(axis=-1) / 2
 
 
-def hog_distance(a, b, paired: bool = False) -> torch.Tensor:
-    """L1 distance of HOG features (``[M, N]``, or ``[N]`` if paired)."""
+def hog_distance(a, b, paired: bool = False) -> np.ndarray:
+    """L1 distance of HOG features (``[M, N]``, or row by row with ``paired=True``)."""
     if not paired:
         return _cdist(a, b, 1.0)
-    return _paired(a, b, lambda x, y: (x - y).abs().sum(dim=1))
+    x, y = _pair_arrays(a, b)
+    return np.abs(x - y).sum(axis=-1)
 
 
-def _wavelet_l0(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    # Recover weights from the (0,1) entry pattern: signature entries are sign * sqrt(w) or the average.
-    size = int(round((x.shape[1] // 3) ** 0.5))
-    w = _wavelet_weights(size).reshape(-1).repeat(3)
-    sx, sy = torch.sign(x), torch.sign(y)
-    mismatch = (sx != sy).float() * w
-    avg_idx = torch.arange(3) * size * size
-    mismatch[:, avg_idx] = 0
-    avg = (x[:, avg_idx] - y[:, avg_idx]).abs().sum(dim=1)  # entries already carry sqrt(w0)
-    return avg * float(np.sqrt(WAVELET_BIN_WEIGHTS[0])) + mismatch.sum(dim=1)
+def _wavelet_layout(columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-entry weights (0 at the three channel averages) and the averages' columns of a signature."""
+    size = int(round((columns // 3) ** 0.5))
+    weights = _wavelet_weights(size).reshape(-1).repeat(3).double().numpy()
+    averages = np.arange(3) * size * size
+    weights[averages] = 0.0
+    return weights, averages
 
 
-def wavelet_distance(a, b, paired: bool = False) -> torch.Tensor:
-    """Weighted L0 distance of wavelet signatures.
+def wavelet_distance(a, b, paired: bool = False) -> np.ndarray:
+    """Weighted L0 distance of wavelet signatures (``[M, N]``, or row by row with ``paired=True``).
 
-    ``w0 * |avg_a - avg_b|_1 + sum_i w_i [sign_a,i != sign_b,i]`` (``[M, N]``, or ``[N]`` if paired).
+    ``w0 * |avg_a - avg_b|_1 + sum_i w_i [sign_a,i != sign_b,i]`` (the averages already carry
+    ``sqrt(w0)``, see :func:`wavelet`).
     """
+    root_w0 = float(np.sqrt(WAVELET_BIN_WEIGHTS[0]))
     if paired:
-        return _paired(a, b, _wavelet_l0)
-    a = torch.as_tensor(np.asarray(a), dtype=torch.float32)
-    b = torch.as_tensor(np.asarray(b), dtype=torch.float32)
-    size = int(round((a.shape[1] // 3) ** 0.5))
-    w = _wavelet_weights(size).reshape(-1).repeat(3).double()  # float64: w.sum() - same cancels
-    avg_idx = torch.arange(3) * size * size
-    w[avg_idx] = 0
-    sa, sb = torch.sign(a).double(), torch.sign(b).double()
+        x, y = _pair_arrays(a, b)
+        w, avg = _wavelet_layout(x.shape[-1])
+        mismatch = ((np.sign(x) != np.sign(y)) * w).sum(axis=-1)
+        return (np.abs(x[..., avg] - y[..., avg]).sum(axis=-1) * root_w0 + mismatch).astype(np.float32)
+    xa = torch.as_tensor(np.asarray(a), dtype=torch.float32)
+    xb = torch.as_tensor(np.asarray(b), dtype=torch.float32)
+    w_np, avg_np = _wavelet_layout(xa.shape[1])
+    w, avg_idx = torch.from_numpy(w_np), torch.from_numpy(avg_np)  # float64: w.sum() - same cancels
+    sa, sb = torch.sign(xa).double(), torch.sign(xb).double()
     # sum_i w_i [sa_i == sb_i] as three matrix products (both zero, both +1, both -1)
     same = ((1 - sa.abs()) * w) @ (1 - sb.abs()).T + ((sa > 0) * w) @ (sb > 0).double().T
     same += ((sa < 0) * w) @ (sb < 0).double().T
     mismatch = (w.sum() - same).float()
-    avg = torch.cdist(a[None, :, avg_idx], b[None, :, avg_idx], p=1)[0]
-    return avg * float(np.sqrt(WAVELET_BIN_WEIGHTS[0])) + mismatch
+    avg = torch.cdist(xa[None, :, avg_idx], xb[None, :, avg_idx], p=1)[0]
+    return (avg * root_w0 + mismatch).numpy()
 
 
 #: feature name -> distance function ``f(a, b, paired=False)`` as the paper used it
-DISTANCES: dict[str, Callable[..., torch.Tensor]] = {
+DISTANCES: dict[str, Callable[..., np.ndarray]] = {
     "color": color_distance,
     "hog": hog_distance,
     "wavelet": wavelet_distance,
 }
-
-
-def golden_relevance(
-    images: np.ndarray | torch.Tensor,
-    labels: Sequence | np.ndarray | None = None,
-    weights: dict[str, float] | None = None,
-    seed: int = 0,
-):
-    """The golden-feature relevance source for :class:`deeprank.sampling.ReservoirTripletSampler`.
-
-    Computes the colour, HOG and wavelet features of ``images`` and returns a
-    :class:`deeprank.sampling.GoldenRelevance` (references are row indices).
-    """
-    from .sampling import GoldenRelevance
-
-    features = {"color": color_histogram(images), "hog": hog(images), "wavelet": wavelet(images)}
-    if weights is not None:
-        features = {k: v for k, v in features.items() if weights.get(k, 0.0) > 0}
-    return GoldenRelevance(features, labels, weights, seed=seed)

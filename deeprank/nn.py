@@ -8,7 +8,7 @@ from numbers import Real
 import torch
 from torch import nn
 
-from ._ops import lrn, triplet_loss
+from .ops import lrn, triplet_loss
 
 __all__ = ["LocalResponseNorm", "TripletRankingLoss"]
 

@@ -6,7 +6,7 @@ Protocol (the issue's):
 * training data: the 60,000-image train split, exported once as an image folder (PNG, one sub-folder
   per class) and read through ``deeprank train``'s image-folder path;
 * queries: the 10,000 test images; database: the 60,000 train images;
-* metrics (``deeprank.evaluate``): recall@1, MAP@100, and similarity precision on class triplets
+* metrics (``deeprank.evaluation``): recall@1, MAP@100, and similarity precision on class triplets
   (for each query, a random database image of its class as positive and one of another class as
   negative; correct when ``D(q,p) < D(q,n)``);
 * rows: raw pixels, HOG (``--hog``), the untrained network, the multiscale network trained for
@@ -41,11 +41,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deeprank.checkpoint import load_model  # noqa: E402
 from deeprank.data import ImageFolder, export_image_folder, load_fashion_mnist, load_image  # noqa: E402
-from deeprank.evaluate import similarity_precision  # noqa: E402
+from deeprank.evaluation import similarity_precision  # noqa: E402
+from deeprank.io import write_text_atomic  # noqa: E402
 from deeprank.models import MultiScaleNet  # noqa: E402
-from deeprank.train import MINING_MODES, TrainConfig, train  # noqa: E402
+from deeprank.models.checkpoint import load_model  # noqa: E402
+from deeprank.training import TrainConfig, train  # noqa: E402
+from deeprank.training.config import MINING_MODES  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -68,7 +70,7 @@ def class_triplets(query_labels: np.ndarray, db_labels: np.ndarray, seed: int = 
 def retrieval(
     q_emb: np.ndarray, q_lab: np.ndarray, db_emb: np.ndarray, db_lab: np.ndarray, k: int = 100
 ) -> dict:
-    """recall@1 and MAP@k, the definitions of ``deeprank.evaluate.retrieval_metrics``.
+    """recall@1 and MAP@k, the definitions of ``deeprank.evaluation.retrieval_metrics``.
 
     Exact search by squared L2 with a float32 torch matmul in query chunks, so the script runs at the
     same speed whether or not the compiled top-k kernel is present in this build.
@@ -311,7 +313,7 @@ def write_results(path: Path, rows: list[dict], meta: dict) -> None:
         "Protocol: training on the 60,000-image train split exported as an image folder (PNG, one",
         "sub-folder per class, read by `deeprank train`'s image-folder path); queries: the 10,000 test",
         "images; database: the 60,000 train images. Recall@1 and MAP@100 by class label (the definitions of",
-        "`deeprank.evaluate.retrieval_metrics`, exact search); similarity precision on one class triplet",
+        "`deeprank.evaluation.retrieval_metrics`, exact search); similarity precision on one class triplet",
         "per query (positive from its class, negative from another, correct when `D(q,p) < D(q,n)`).",
         "",
         f"Machine: {machine}, {cpus} CPUs (load average {loads} at the end, this run included);",
@@ -455,10 +457,7 @@ def write_results(path: Path, rows: list[dict], meta: dict) -> None:
         "```",
         "",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines))
 
 
 def _meta(args: argparse.Namespace, load: list[float] | None = None) -> dict:

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from deeprank import cli
-from deeprank.checkpoint import save_checkpoint
 from deeprank.data import export_image_folder, load_fashion_mnist, read_triplet_csv
 from deeprank.models import MultiScaleNet
+from deeprank.models.checkpoint import save_checkpoint
 
 SUBCOMMANDS = ["train", "embed", "index", "query", "evaluate", "triplets", "bench", "demo", "serve", "info"]
 

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 import deeprank
-from deeprank import _cuda_ops
 from deeprank._build import cuda_device_count, cuda_module
-from deeprank._reference import topk_reference
+from deeprank.ops import cuda as _cuda_ops
+from deeprank.ops.reference import topk_reference
 
 
 def _gpu_ready() -> bool:

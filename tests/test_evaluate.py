@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from deeprank import evaluate as ev
+from deeprank import evaluation as ev
+from deeprank.data import random_crops
 
 
 def col(*values):
@@ -73,7 +74,7 @@ def test_crop_retrieval_hand_example():
 
 
 def brute_force(q, ql, r, rl, ks, exclude_self):
-    """Loop-per-query float64 reference of the definitions in deeprank.evaluate."""
+    """Loop-per-query float64 reference of the definitions in deeprank.evaluation.metrics."""
     sums = {}
     counted = 0
     for i in range(len(q)):
@@ -99,7 +100,7 @@ def brute_force(q, ql, r, rl, ks, exclude_self):
 
 @pytest.mark.parametrize("exclude_self", [False, True])
 def test_retrieval_metrics_match_brute_force(rng, monkeypatch, exclude_self):
-    monkeypatch.setattr(ev, "_BLOCK_ELEMENTS", 300)  # force many query chunks
+    monkeypatch.setattr(ev.metrics, "_BLOCK_ELEMENTS", 300)  # force many query chunks
     n, d = 157, 5
     r = rng.normal(size=(n, d)).astype(np.float32)
     rl = rng.integers(0, 6, n)
@@ -152,9 +153,9 @@ def test_sampled_triplets_respect_labels():
 
 def test_random_crops_are_sub_images():
     img = torch.arange(16.0).view(1, 1, 4, 4).repeat(5, 1, 1, 1) / 16
-    full = ev.random_crops(img, scale=(1.0, 1.0))
+    full = random_crops(img, scale=(1.0, 1.0))
     assert torch.allclose(full, img, atol=1e-6)
-    crops = ev.random_crops(img, scale=(0.25, 0.25), seed=1)
+    crops = random_crops(img, scale=(0.25, 0.25), seed=1)
     assert crops.shape == img.shape and not torch.allclose(crops, img)
 
 

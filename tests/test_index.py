@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from deeprank import Index
-from deeprank._reference import topk_reference
 from deeprank.errors import DeeprankError, IndexFormatError, ModelMismatchError
+from deeprank.ops.reference import topk_reference
 
 
 def make_index(rng, n=60, d=7, ids=None):
@@ -210,6 +210,6 @@ def test_export_faiss_and_approximate_search(tmp_path, rng):
 
 
 def test_recall_at_k_hand_example():
-    from deeprank.approximate import recall_at_k
+    from deeprank.index.faiss_index import recall_at_k
 
     assert recall_at_k(np.array([[1, 2], [3, 4]]), np.array([[2, 1], [3, 5]])) == 0.75

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 import deeprank
 from deeprank import _C
-from deeprank._reference import lrn_reference
 from deeprank.nn import LocalResponseNorm
+from deeprank.ops.reference import lrn_reference
 
 
 @pytest.fixture(params=_C.available_isas())

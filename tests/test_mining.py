@@ -1,4 +1,4 @@
-"""In-batch mining (deeprank.mining) against brute-force float64 references."""
+"""In-batch mining (deeprank.training.mining) against brute-force float64 references."""
 
 import itertools
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from deeprank.mining import batch_all_triplet_loss, semi_hard_negatives
+from deeprank.training.mining import batch_all_triplet_loss, semi_hard_negatives
 
 
 def _active_triplets(emb: np.ndarray, labels: np.ndarray, margin: float) -> list[tuple[int, int, int, float]]:

@@ -9,7 +9,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import deeprank
-from deeprank._reference import lrn_reference, triplet_loss_reference
+from deeprank.ops.reference import lrn_reference, triplet_loss_reference
 
 OPS = ("triplet_forward", "triplet_backward", "lrn_forward", "lrn_backward")
 SCHEMAS = {
@@ -160,7 +160,7 @@ def test_cuda_ops_match_cpu(dtype):
 
 
 def test_output_buffers_are_reused_only_once_released():
-    from deeprank._ops import _OutputBuffers
+    from deeprank.ops._cpu import _OutputBuffers
 
     cache = _OutputBuffers(64 << 20)
     a = cache.empty((512, 1024), torch.float32)  # 2 MiB
@@ -180,7 +180,7 @@ def test_output_buffers_are_reused_only_once_released():
 
 
 def test_output_buffers_respect_the_cap():
-    from deeprank._ops import _OutputBuffers
+    from deeprank.ops._cpu import _OutputBuffers
 
     cache = _OutputBuffers(3 << 20)
     a = cache.empty((1024, 1024), torch.float32)  # 4 MiB: over the cap, so not kept

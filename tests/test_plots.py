@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeprank.plots import rank_heatmap, result_grid, to_pil
+from deeprank.evaluation.plots import rank_heatmap, result_grid, to_pil
 
 
 def test_heatmap_places_counts_above_or_below_the_diagonal(tmp_path):

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from deeprank.sampling import ClassRelevance, ReservoirTripletSampler, TableRelevance
+from deeprank.training.relevance import ClassRelevance, TableRelevance
+from deeprank.training.sampler import ReservoirTripletSampler
 
 
 def _z_ok(observed, expected, n, z=4.5, n_expected=None):

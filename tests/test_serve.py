@@ -24,10 +24,10 @@ except ImportError:
 httpx = pytest.importorskip("httpx")
 
 from deeprank import cli  # noqa: E402
-from deeprank.checkpoint import save_checkpoint  # noqa: E402
 from deeprank.data import export_image_folder, load_fashion_mnist  # noqa: E402
 from deeprank.index import Index  # noqa: E402
 from deeprank.models import MultiScaleNet  # noqa: E402
+from deeprank.models.checkpoint import save_checkpoint  # noqa: E402
 from deeprank.serve import create_app, serve_in_thread  # noqa: E402
 from deeprank.serve.batching import Batcher  # noqa: E402
 

@@ -8,7 +8,7 @@ import torch
 
 import deeprank
 from deeprank import _C
-from deeprank._reference import topk_reference
+from deeprank.ops.reference import topk_reference
 
 
 @pytest.fixture(params=_C.available_isas())
@@ -340,7 +340,7 @@ def test_cuda_dispatch_rules(monkeypatch):
         seen.update(queries=queries, database=database, k=k, norms=norms)
         return "d", "i"
 
-    from deeprank import _cuda_ops
+    from deeprank.ops import cuda as _cuda_ops
 
     monkeypatch.setattr(_cuda_ops, "topk", fake_topk)
     monkeypatch.setattr(torch, "as_tensor", lambda obj, device=None: ("tensor", obj, device))

@@ -9,15 +9,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from deeprank.checkpoint import config_hash, load_config, load_model, load_train_state, save_checkpoint
 from deeprank.models import MultiScaleNet
-from deeprank.train import (
-    TrainConfig,
-    add_train_arguments,
-    config_from_args,
-    default_max_shift,
-    train,
-)
+from deeprank.models.checkpoint import config_hash, load_config, load_model, load_train_state, save_checkpoint
+from deeprank.training import TrainConfig, default_max_shift, train
+from deeprank.training.config import add_train_arguments, config_from_args
 
 
 def _small(tmp_path, name="run", **kw):

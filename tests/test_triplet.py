@@ -8,8 +8,8 @@ import torch
 
 import deeprank
 from deeprank import _C
-from deeprank._reference import triplet_loss_reference
 from deeprank.nn import TripletRankingLoss
+from deeprank.ops.reference import triplet_loss_reference
 
 
 @pytest.fixture(params=_C.available_isas())

@@ -1,23 +1,20 @@
-"""Data: the bundled Fashion-MNIST, image folders, triplet CSV files, unlabelled folders, transforms."""
+"""Every input kind -> decoded images: image folders, triplet CSV files, unlabelled folders, Fashion-MNIST.
+
+- :mod:`.images`: the one decode + resize path (files, PIL images, arrays), unreadable-file handling.
+- :mod:`.folders`: listing and labelling image folders; :mod:`.triplet_csv`: triplet CSV files.
+- :mod:`.store`: decoded images kept in memory up to a budget, for training.
+- :mod:`.augment`: pixel shifts, instance views, crops as queries.
+- :mod:`.fashion_mnist`: the bundled test split and the Debian package's train split.
+"""
 
 from __future__ import annotations
 
+from .augment import augmented_view, random_crops, random_shift
 from .fashion_mnist import CLASS_NAMES, export_image_folder, load_fashion_mnist, read_idx
-from .folders import (
-    IMAGE_EXTENSIONS,
-    ImageFolder,
-    ImageStore,
-    UnlabelledFolder,
-    list_images,
-    read_triplet_csv,
-)
-from .transforms import (
-    SkippedImages,
-    UnreadableImage,
-    augmented_view,
-    load_image,
-    random_shift,
-)
+from .folders import IMAGE_EXTENSIONS, ImageFolder, UnlabelledFolder, category_of, list_images
+from .images import SkippedImages, UnreadableImage, array_images, image_tensor, load_image, open_image, resize
+from .store import ImageStore
+from .triplet_csv import read_triplet_csv
 
 __all__ = [
     "CLASS_NAMES",
@@ -27,12 +24,18 @@ __all__ = [
     "SkippedImages",
     "UnlabelledFolder",
     "UnreadableImage",
+    "array_images",
     "augmented_view",
+    "category_of",
     "export_image_folder",
+    "image_tensor",
     "list_images",
     "load_fashion_mnist",
     "load_image",
+    "open_image",
+    "random_crops",
     "random_shift",
     "read_idx",
     "read_triplet_csv",
+    "resize",
 ]

@@ -1,33 +1,19 @@
-"""Readers for the inputs users have: image folders, triplet CSV files, unlabelled folders.
+"""Image folders as users lay them out, and the one rule that labels them.
 
-* :class:`ImageFolder`: one sub-folder per category (``root/<category>/**/<image>``).
-* :func:`read_triplet_csv`: rows ``query,positive,negative`` (header optional, ``anchor`` accepted for
-  ``query``); relative paths are taken relative to the CSV file's folder.
+* :func:`list_images`: the image files under a folder (by extension, sorted, hidden files skipped).
+* :class:`ImageFolder`: one sub-folder per category (``root/<category>/**/<image>``): an image's
+  label is the first folder below ``root`` on its path; images directly in ``root`` have none and are
+  left out. Training, evaluation, ``deeprank triplets`` and the demo all label folders this way.
 * :class:`UnlabelledFolder`: every image is its own instance (the applied report's client data).
-* :class:`ImageStore`: decodes images on demand to uint8 tensors and keeps them in memory up to a
-  budget; unreadable files raise :class:`~deeprank.data.transforms.UnreadableImage`.
 """
 
 from __future__ import annotations
 
-import csv
-from collections import OrderedDict
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .transforms import UnreadableImage, open_image, pil_to_tensor
-
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "ImageFolder",
-    "ImageStore",
-    "UnlabelledFolder",
-    "list_images",
-    "read_triplet_csv",
-]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "UnlabelledFolder", "category_of", "list_images"]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -50,11 +36,22 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     return sorted(found)
 
 
+def category_of(relative_path: str | Path) -> str | None:
+    """The category of an image by its path relative to the collection root: its first folder.
+
+    ``"shoes/boots/0042.jpg"`` is in ``"shoes"``; an image directly in the root has no category
+    (``None``). The rule :class:`ImageFolder` applies to whole folders, for ids of an index.
+    """
+    parts = Path(relative_path).parts
+    return parts[0] if len(parts) > 1 else None
+
+
 class ImageFolder:
     """Images in one sub-folder per category.
 
     Attributes: ``root``, ``classes`` (sorted sub-folder names), ``paths`` (list of ``Path``),
-    ``labels`` (``int64 [N]``, index into ``classes``). Images directly in ``root`` are ignored.
+    ``labels`` (``int64 [N]``, index into ``classes``). Images directly in ``root`` are ignored
+    (:func:`category_of` is the same rule for one path).
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -97,85 +94,3 @@ class UnlabelledFolder:
 
     def __len__(self) -> int:
         return len(self.paths)
-
-
-_QUERY_NAMES = {"query", "anchor", "q", "a"}
-
-
-def read_triplet_csv(path: str | Path) -> list[tuple[Path, Path, Path]]:
-    """Triplets ``(query, positive, negative)`` from a CSV file.
-
-    The first row is a header when its first field is ``query`` or ``anchor`` (any case) and its others
-    ``positive``/``negative``; columns may then come in any order. Relative paths resolve against the
-    CSV's folder. Blank lines are skipped; a row with other than three fields raises ``ValueError``
-    naming the line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"triplet CSV not found: {path}")
-    base = path.parent
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        rows = [(i + 1, [c.strip() for c in row]) for i, row in enumerate(csv.reader(f)) if any(row)]
-    if not rows:
-        raise ValueError(f"{path} holds no triplets")
-    order = (0, 1, 2)
-    names = [c.lower() for c in rows[0][1]]
-    if len(names) == 3 and set(names) & _QUERY_NAMES and {"positive", "negative"} <= set(names):
-        query = next(i for i, n in enumerate(names) if n in _QUERY_NAMES)
-        order = (query, names.index("positive"), names.index("negative"))
-        rows = rows[1:]
-    triplets: list[tuple[Path, Path, Path]] = []
-    for line, row in rows:
-        if len(row) != 3 or not all(row):
-            raise ValueError(f"{path}:{line}: expected query,positive,negative, got {row}")
-        q, p, n = ((base / row[i]) if not Path(row[i]).is_absolute() else Path(row[i]) for i in order)
-        triplets.append((q, p, n))
-    if not triplets:
-        raise ValueError(f"{path} holds a header but no triplets")
-    return triplets
-
-
-class ImageStore:
-    """Decode images on demand as ``uint8 [C, S, S]`` and keep up to ``max_bytes`` of them in memory.
-
-    ``get(i)`` returns image ``i`` of ``paths``; ``batch(indices)`` stacks several. Unreadable files raise
-    :class:`UnreadableImage`; the caller decides to skip (training counts and warns).
-    """
-
-    def __init__(
-        self, paths: Sequence[str | Path], image_size: int, channels: int, max_bytes: int = 2 << 30
-    ) -> None:
-        self.paths = [Path(p) for p in paths]
-        self.image_size = int(image_size)
-        self.channels = int(channels)
-        self.max_items = max(1, max_bytes // (self.channels * self.image_size**2))
-        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
-        self.bad: set[int] = set()
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def get(self, index: int) -> torch.Tensor:
-        cached = self._cache.get(index)
-        if cached is not None:
-            self._cache.move_to_end(index)
-            return cached
-        try:
-            image = pil_to_tensor(
-                open_image(self.paths[index], self.channels), self.image_size, self.channels
-            )
-        except UnreadableImage:
-            self.bad.add(index)
-            raise
-        self._cache[index] = image
-        if len(self._cache) > self.max_items:
-            self._cache.popitem(last=False)
-        return image
-
-    def pil(self, index: int):
-        """The full-resolution PIL image (for augmented views); raises :class:`UnreadableImage`."""
-        try:
-            return open_image(self.paths[index], 3)
-        except UnreadableImage:
-            self.bad.add(index)
-            raise

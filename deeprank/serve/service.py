@@ -12,7 +12,8 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
-from ..embed import model_geometry
+from ..data.images import image_tensor
+from ..embedding import model_geometry
 from ..errors import DeeprankError
 from ..index import Index
 from .batching import Batcher
@@ -124,11 +125,9 @@ class SearchService:
         """Decode untrusted bytes and resize them to the model input (call from a worker thread)."""
         if self.model is None:
             raise UploadError(422, f"this server cannot search by image: {self.model_error}")
-        from ..data.transforms import pil_to_tensor
-
         image = decode_upload(data, max_pixels=self.max_pixels, formats=self.formats)
         try:
-            pixels = pil_to_tensor(image, self.image_size, self.channels)
+            pixels = image_tensor(image, self.image_size, self.channels)
         except (OSError, ValueError) as exc:
             raise UploadError(422, f"the image could not be converted: {exc}") from None
         return PreparedImage(pixels, image.width, image.height, image.format)

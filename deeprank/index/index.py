@@ -36,21 +36,26 @@ vector(s)), ``SearchResult.hits``, ``Index.path_of``, ``Index.ids``, ``len(index
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import DeeprankError, EmptyCollectionError, IndexFormatError, ModelMismatchError
-from .search import topk
+from ..embedding.embed import embed_folder, embed_images, embed_tensor, list_folder
+from ..errors import DeeprankError, IndexFormatError, ModelMismatchError
+from ..io import atomic_path, sha256_file, write_json_atomic
+from ..models.checkpoint import config_hash, resolve_model
+from ..ops.topk import topk
+from .faiss_index import ApproximateIndex, recall_against_exact, write_flat_faiss
+from .results import SearchResult
+
+__all__ = ["Index"]
 
 FORMAT_NAME = "deeprank-index"
 FORMAT_VERSION = 1
@@ -61,43 +66,10 @@ APPROXIMATE = "approximate.faiss"
 MODEL_DIR = "model"
 
 
-@dataclass
-class SearchResult:
-    """Ranked neighbours of ``M`` queries: ``distances`` float32 ``[M, k]`` ascending, ``indices`` int64
-    rows of the index, ``ids`` and ``paths`` (``[M][k]`` lists; a path is None for vector-only items)."""
-
-    distances: np.ndarray
-    indices: np.ndarray
-    ids: list[list[Any]]
-    paths: list[list[str | None]]
-
-    def __len__(self) -> int:
-        return self.distances.shape[0]
-
-    def hits(self, query: int = 0) -> list[dict[str, Any]]:
-        """The ranked hits of one query as ``[{"rank", "id", "path", "distance"}, ...]`` (rank 1 first)."""
-        return [
-            {"rank": r + 1, "id": i, "path": p, "distance": float(d)}
-            for r, (i, p, d) in enumerate(
-                zip(self.ids[query], self.paths[query], self.distances[query], strict=True)
-            )
-        ]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _model_hash(model: Any) -> tuple[str | None, Any]:
     config = getattr(model, "config", None)
     if config is None:
         return None, None
-    from .checkpoint import config_hash
-
     return config_hash(config), config
 
 
@@ -191,9 +163,7 @@ class Index:
         Ids are the image paths relative to ``folder`` (``/``-separated); files that cannot be read
         are skipped and listed in ``index.skipped`` as ``(path, reason)``.
         """
-        from .embed import embed_folder
-
-        model, checkpoint = _resolve_model(model)
+        model, checkpoint = resolve_model(model)
         root = Path(folder)
         emb, files, skipped = embed_folder(
             model, root, recursive=recursive, batch_size=batch_size, progress=progress
@@ -254,7 +224,7 @@ class Index:
                 raise DeeprankError(
                     f"the index's model checkpoint {self.checkpoint} is missing; pass the model explicitly"
                 )
-            model, _ = _resolve_model(self.checkpoint)
+            model, _ = resolve_model(self.checkpoint)
             self._check_model(model)
             self._model = model
         return self._model
@@ -282,8 +252,6 @@ class Index:
         """
         skipped: list[tuple[str, str]] = []
         if _is_image_like(items) or (isinstance(items, (list, tuple)) and items and _is_image_like(items[0])):
-            from .embed import embed_images
-
             sources = [items] if _is_image_like(items) else list(items)
             res = embed_images(self.model, sources, progress=False)
             skipped = res.skipped
@@ -348,8 +316,6 @@ class Index:
 
     def query_vectors(self, query: Any) -> np.ndarray:
         """Embeddings ``[M, d]`` for any accepted query form (see :meth:`search`)."""
-        from .embed import embed_images, embed_tensor
-
         if isinstance(query, Index):
             if query.dim != self.dim:
                 raise ModelMismatchError(f"query index has dimension {query.dim}, this index {self.dim}")
@@ -357,8 +323,6 @@ class Index:
                 raise ModelMismatchError("the query index was built with a different model than this index")
             return np.asarray(query.embeddings)
         if isinstance(query, (str, os.PathLike)) and Path(query).is_dir():
-            from .embed import list_folder
-
             query = list_folder(query)
         if _is_image_like(query) or (isinstance(query, (list, tuple)) and query and _is_image_like(query[0])):
             sources = [query] if _is_image_like(query) else list(query)
@@ -417,8 +381,6 @@ class Index:
         Returns a report with the build time and recall@k against exact search on up to
         ``recall_queries`` items of the index used as queries. Needs ``faiss`` (extra ``deeprank[faiss]``).
         """
-        from .approximate import ApproximateIndex, recall_against_exact
-
         ann = ApproximateIndex.build(np.asarray(self._emb), kind, **options)
         self._ann = ann
         report = dict(ann.info)
@@ -440,7 +402,7 @@ class Index:
                 "config": _jsonable(self.model_config),
                 "checkpoint": None if self.checkpoint is None else str(Path(self.checkpoint).resolve()),
             }
-        from . import __version__
+        from .. import __version__
 
         return {
             "format": FORMAT_NAME,
@@ -488,7 +450,7 @@ class Index:
                 shutil.copytree(self.checkpoint, tmp / MODEL_DIR)
                 manifest["model"]["checkpoint"] = MODEL_DIR
             manifest["files"] = {
-                f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in files
+                f: {"bytes": (tmp / f).stat().st_size, "sha256": sha256_file(tmp / f)} for f in files
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
             for f in [*files, MANIFEST]:
@@ -554,7 +516,7 @@ class Index:
                 raise IndexFormatError(
                     f"{f} has {size} bytes, the manifest says {facts.get('bytes')} (truncated?)"
                 )
-            if verify and _sha256(f) != facts.get("sha256"):
+            if verify and sha256_file(f) != facts.get("sha256"):
                 raise IndexFormatError(f"{f} does not match its checksum (corrupt or modified)")
         try:
             emb = np.load(root / EMBEDDINGS, mmap_mode="r" if mmap else None, allow_pickle=False)
@@ -580,13 +542,11 @@ class Index:
             raise IndexFormatError(f"{root / ITEMS} does not match the embeddings: {exc}") from None
         index.model_config = info.get("config")
         if model is not None:
-            resolved, ckpt = _resolve_model(model)
+            resolved, ckpt = resolve_model(model)
             index._check_model(resolved)
             index._model = resolved
             index.checkpoint = ckpt or index.checkpoint
         if APPROXIMATE in files:
-            from .approximate import ApproximateIndex
-
             index._ann = ApproximateIndex.load(root / APPROXIMATE)
         return index
 
@@ -598,8 +558,6 @@ class Index:
         ``"faiss"``: ``index.faiss`` (an exact ``IndexFlatL2``, or the approximate index if one was
         built; FAISS row ``i`` is ``ids[i]``) plus the same ``metadata.json``.
         """
-        from .evaluate import write_text_atomic
-
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         meta = {
@@ -612,14 +570,10 @@ class Index:
         }
         written = []
         if format == "npy":
-            tmp = out / f".{EMBEDDINGS}.tmp"
-            with open(tmp, "wb") as fh:
+            with atomic_path(out / EMBEDDINGS) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, np.ascontiguousarray(self._emb, dtype=np.float32), allow_pickle=False)
-            os.replace(tmp, out / EMBEDDINGS)
             written.append(out / EMBEDDINGS)
         elif format == "faiss":
-            from .approximate import ApproximateIndex, write_flat_faiss
-
             if isinstance(self._ann, ApproximateIndex):
                 self._ann.save(out / "index.faiss")
             else:
@@ -627,25 +581,6 @@ class Index:
             written.append(out / "index.faiss")
         else:
             raise ValueError(f"format must be 'npy' or 'faiss', got {format!r}")
-        write_text_atomic(out / "metadata.json", json.dumps(meta) + "\n")
+        write_json_atomic(out / "metadata.json", meta, indent=None)
         written.append(out / "metadata.json")
         return written
-
-
-def _resolve_model(model: Any) -> tuple[torch.nn.Module, Path | None]:
-    """A model object from a model or a checkpoint directory (with that directory, if any)."""
-    if isinstance(model, (str, os.PathLike)):
-        directory = Path(model)
-        if not directory.exists():
-            raise FileNotFoundError(f"model checkpoint not found: {directory}")
-        from .checkpoint import load_model
-
-        loaded, _ = load_model(directory, device="cpu")
-        loaded.eval()
-        return loaded, directory.resolve()
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch module or a checkpoint directory, got {type(model).__name__}")
-    return model, getattr(model, "checkpoint_dir", None)
-
-
-__all__ = ["EmptyCollectionError", "Index", "SearchResult"]

@@ -8,7 +8,7 @@ enqueued on torch's current stream of that device, and nothing synchronises):
   lrn_forward(x, size, alpha, beta, k) -> y
   lrn_backward(grad_y, x, size, alpha, beta, k) -> grad_x
 
-Semantics are those of the CPU ops (see ``deeprank._reference``):
+Semantics are those of the CPU ops (see ``deeprank.ops.reference``):
   * top-K: squared L2, rows ascending by (distance, index), distances float32(float64 sum((q-x)^2))
     (so never negative), a NaN query row gives NaN distances with indices 0..k-1, database rows with
     NaN sort last; float32 only; 1 <= k <= N; k up to 2048 on sm_80/sm_90 (more where the GPU's
@@ -37,7 +37,8 @@ from types import ModuleType
 
 import torch
 
-from ._build import cuda_module
+from .._build import cuda_module
+from .checks import check_k
 
 __all__ = [
     "lrn_backward",
@@ -112,12 +113,9 @@ def topk(
         _same_device(q, database_norms=norms)
         if norms.shape[0] != x.shape[0]:
             raise ValueError(f"database_norms must have {x.shape[0]} entries, got {norms.shape[0]}")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
     m, d = q.shape
     n = x.shape[0]
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}] (the number of database rows), got {k}")
+    k = check_k(k, n)
     if d == 0:
         raise ValueError("queries and database must have at least one column")
     device = q.device

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..io import atomic_path
+
 # A perceptual dark-blue -> green -> yellow ramp (viridis-like anchor colours).
 _RAMP = np.array(
     [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64
@@ -27,13 +29,9 @@ def _colormap(values: np.ndarray) -> np.ndarray:
 
 
 def _save_png(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Save through a temporary file and ``os.replace`` so a reader never sees half a PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return Path(path)
 
 
 def rank_heatmap(

@@ -12,13 +12,7 @@ then ``[ConvNet | shallow]`` goes through a linear embedding to ``d`` dimensions
 normalisation. Weights are shared by queries, positives and negatives: training runs the network once
 on the stacked ``[q; p; n]`` batch.
 
-Presets (:data:`PRESETS`):
-
-* ``paper``: 225 px RGB, AlexNet widths (96-256-384-384-256, fc 4096-4096), shallow branches of 96 maps
-  pooled to 4x4, ``d = 4096``; the shapes are those of ``/work/shared/paper.md``.
-* ``small``: the same structure at reduced widths for 28-64 px images (CPU-friendly); ``d = 64``.
-  It adds batch normalisation after each convolution and uses no dropout: trained from scratch on a
-  2-core CPU, both changes measured better (see ``docs/results.md``); the LRN layers stay.
+Presets: :mod:`deeprank.models.presets`.
 
 ``single_scale=True`` keeps the ConvNet branch only (the paper's single-scale ablation).
 
@@ -38,101 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn import LocalResponseNorm
+from ..nn import LocalResponseNorm
+from .presets import ARCH_KEYS, PRESETS, preset_config
+from .weights import match_by_order, read_state_dict
 
-__all__ = ["PRESETS", "MultiScaleNet", "build_model", "preset_config"]
-
-# One conv layer: out channels, kernel, stride, padding, then flags for LRN and a max-pool (k, s, p).
-# The LRN is deeprank.nn.LocalResponseNorm (AlexNet form: size 5, alpha 1e-4, beta 0.75, k 2).
-_IMAGENET_MEAN = [0.485, 0.456, 0.406]
-_IMAGENET_STD = [0.229, 0.224, 0.225]
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {
-        "image_size": 225,
-        "in_channels": 3,
-        "conv": [
-            {"out": 96, "kernel": 11, "stride": 4, "padding": 2, "lrn": True, "pool": [3, 2, 0]},
-            {"out": 256, "kernel": 5, "stride": 1, "padding": 2, "lrn": True, "pool": [3, 2, 0]},
-            {"out": 384, "kernel": 3, "stride": 1, "padding": 1, "lrn": False, "pool": None},
-            {"out": 384, "kernel": 3, "stride": 1, "padding": 1, "lrn": False, "pool": None},
-            {"out": 256, "kernel": 3, "stride": 1, "padding": 1, "lrn": False, "pool": [3, 2, 0]},
-        ],
-        "fc": [4096, 4096],
-        # Decision in paper.md: conv 8x8/4 pad 4 on both, then pools that give 4x4x96 on each.
-        "shallow": [
-            {"factor": 4, "out": 96, "kernel": 8, "stride": 4, "padding": 4, "pool": [7, 4, 3]},
-            {"factor": 8, "out": 96, "kernel": 8, "stride": 4, "padding": 4, "pool": [3, 2, 1]},
-        ],
-        "embedding_dim": 4096,
-        "dropout": 0.4,  # the paper keeps 60% of units on fully connected layers
-        "lrn": {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0},
-        "batch_norm": False,
-    },
-    "small": {
-        "image_size": 28,
-        "in_channels": 3,
-        # LRN after the pooling ("post", the CaffeNet order) costs a quarter of the memory traffic at
-        # full resolution, which dominates on CPU for 28 px inputs.
-        "conv": [
-            {"out": 16, "kernel": 5, "stride": 1, "padding": 2, "lrn": "post", "pool": [3, 2, 1]},
-            {"out": 32, "kernel": 3, "stride": 1, "padding": 1, "lrn": "post", "pool": [3, 2, 1]},
-            {"out": 48, "kernel": 3, "stride": 1, "padding": 1, "lrn": False, "pool": None},
-            {"out": 48, "kernel": 3, "stride": 1, "padding": 1, "lrn": False, "pool": None},
-            {"out": 32, "kernel": 3, "stride": 1, "padding": 1, "lrn": False, "pool": [3, 2, 1]},
-        ],
-        "fc": [256, 256],
-        # At 28 px the subsampled inputs are 7 and 4 px: a 3x3 convolution then pooling to a 2x2 grid
-        # ("adaptive") keeps the branch meaningful across 28-64 px.
-        "shallow": [
-            {"factor": 4, "out": 32, "kernel": 3, "stride": 1, "padding": 1, "pool": "adaptive", "grid": 2},
-            {"factor": 8, "out": 32, "kernel": 3, "stride": 1, "padding": 1, "pool": "adaptive", "grid": 2},
-        ],
-        "embedding_dim": 64,
-        # Trained from scratch in minutes, the 256-wide layers learn slower with the paper's dropout
-        # (0.4: recall@1 0.83 vs 0.86 after 120 s on Fashion-MNIST), and batch normalisation after
-        # each convolution speeds convergence (0.85 vs 0.83, semi-hard mining); docs/results.md's notes.
-        "dropout": 0.0,
-        "lrn": {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0},
-        "batch_norm": True,
-    },
-}
-
-_ARCH_KEYS = (
-    "image_size",
-    "in_channels",
-    "conv",
-    "fc",
-    "shallow",
-    "embedding_dim",
-    "dropout",
-    "lrn",
-    "batch_norm",
-    "single_scale",
-    "mean",
-    "std",
-)
-
-
-def preset_config(preset: str = "small", **overrides: Any) -> dict[str, Any]:
-    """The full, JSON-able configuration of a preset with ``overrides`` applied (``None`` values ignored)."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    config = copy.deepcopy(PRESETS[preset])
-    config["preset"] = preset
-    config["single_scale"] = False
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key not in _ARCH_KEYS:
-            raise ValueError(f"unknown model option {key!r}; expected one of {sorted(_ARCH_KEYS)}")
-        config[key] = copy.deepcopy(value)
-    channels = int(config["in_channels"])
-    if "mean" not in config:
-        config["mean"] = _IMAGENET_MEAN[:] if channels == 3 else [0.5] * channels
-    if "std" not in config:
-        config["std"] = _IMAGENET_STD[:] if channels == 3 else [0.25] * channels
-    return config
+__all__ = ["MultiScaleNet", "build_model"]
 
 
 def _l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -346,7 +250,7 @@ class MultiScaleNet(nn.Module):
         branch's layers (this reads torchvision-style AlexNet files whose widths match). Layers whose
         shape does not match raise ``ValueError``. Nothing is downloaded. Returns the loaded keys.
         """
-        state = _read_state_dict(source)
+        state = read_state_dict(source)
         target = self.convnet.state_dict()
         loaded: dict[str, torch.Tensor] = {}
         for key in target:
@@ -355,7 +259,7 @@ class MultiScaleNet(nn.Module):
                     loaded[key] = state[candidate]
                     break
         if not loaded:
-            loaded = _match_by_order(state, target)
+            loaded = match_by_order(state, target)
         for key, value in loaded.items():
             if tuple(value.shape) != tuple(target[key].shape):
                 raise ValueError(
@@ -366,48 +270,6 @@ class MultiScaleNet(nn.Module):
             raise ValueError("no weights in the file match the ConvNet branch")
         self.convnet.load_state_dict({**target, **{k: v.to(target[k].dtype) for k, v in loaded.items()}})
         return sorted(loaded)
-
-
-def _read_state_dict(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if isinstance(source, Mapping):
-        return {str(k): v for k, v in source.items() if isinstance(v, torch.Tensor)}
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"weight file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} does not hold a state dict")
-    return {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-
-
-def _match_by_order(
-    state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """Pair the i-th 4-D/2-D weight (and its bias) of ``state`` with the i-th of ``target``."""
-
-    def layers(sd: Mapping[str, torch.Tensor]) -> list[tuple[str, str | None]]:
-        out = []
-        for key, value in sd.items():
-            if key.endswith("weight") and value.dim() in (2, 4):
-                bias = key[: -len("weight")] + "bias"
-                out.append((key, bias if bias in sd else None))
-        return out
-
-    src, dst = layers(state), layers(target)
-    if len(src) < len(dst):
-        return {}
-    matched: dict[str, torch.Tensor] = {}
-    for (sw, sb), (dw, db) in zip(src, dst, strict=False):
-        matched[dw] = state[sw]
-        if db is not None and sb is not None:
-            matched[db] = state[sb]
-    return matched
 
 
 def build_model(config: Mapping[str, Any]) -> MultiScaleNet:
@@ -423,7 +285,7 @@ def build_model(config: Mapping[str, Any]) -> MultiScaleNet:
     full = preset_config(preset)
     # Checkpoints written before the batch_norm key existed had none.
     full["batch_norm"] = False
-    for key in _ARCH_KEYS:
+    for key in ARCH_KEYS:
         if key in config:
             full[key] = copy.deepcopy(config[key])
     model = MultiScaleNet.__new__(MultiScaleNet)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DeeprankError
+from ..errors import DeeprankError
 
 
 def _faiss() -> Any:

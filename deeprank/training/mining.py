@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._ops import triplet_loss
+from ..ops.triplet import triplet_loss
 
 __all__ = ["batch_all_triplet_loss", "semi_hard_negatives"]
 

@@ -6,8 +6,8 @@ A checkpoint is a directory::
     config.json         {"format": "deeprank-checkpoint", "version": 1, "model": <model.config>, ...}
     train_state.pt      optional: optimizer, RNG states, step counters, sampler state (for --resume)
 
-Each file is written to a temporary name in the same directory and moved into place with
-``os.replace``, so a crash leaves either the old file or the new one, never half a file. The weights
+Each file is written atomically (:mod:`deeprank.io`), so a crash leaves either the old file or the new
+one, never half a file. The weights
 and training state are written before ``config.json``, and ``config.json`` records the step they
 belong to, so a reader can tell whether the three agree.
 """
@@ -18,23 +18,24 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..io import write_bytes_atomic
+
 __all__ = [
     "CONFIG_FILE",
     "FORMAT",
     "STATE_FILE",
     "WEIGHTS_FILE",
-    "atomic_write_bytes",
     "config_hash",
     "load_config",
     "load_model",
     "load_train_state",
+    "resolve_model",
     "save_checkpoint",
 ]
 
@@ -43,22 +44,6 @@ VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "train_state.pt"
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _arch(config: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -104,17 +89,17 @@ def save_checkpoint(
     if not isinstance(model_config, Mapping):
         raise TypeError("model must have a .config dict (a deeprank.models.MultiScaleNet)")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(directory / WEIGHTS_FILE, save_safetensors(tensors))
+    write_bytes_atomic(directory / WEIGHTS_FILE, save_safetensors(tensors))
     if state is not None:
         buffer = io.BytesIO()
         torch.save(dict(state), buffer)
-        atomic_write_bytes(directory / STATE_FILE, buffer.getvalue())
+        write_bytes_atomic(directory / STATE_FILE, buffer.getvalue())
     payload: dict[str, Any] = {"format": FORMAT, "version": VERSION}
     payload.update(dict(config or {}))
     payload["model"] = dict(model_config)
     payload["model_hash"] = config_hash(model_config)
     text = json.dumps(payload, indent=2, sort_keys=True, default=_json_default)
-    atomic_write_bytes(directory / CONFIG_FILE, (text + "\n").encode())
+    write_bytes_atomic(directory / CONFIG_FILE, (text + "\n").encode())
     return directory
 
 
@@ -153,7 +138,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .models import build_model
+    from .multiscale import build_model
 
     directory = Path(directory)
     config = load_config(directory)
@@ -180,3 +165,20 @@ def load_train_state(directory: str | Path) -> dict[str, Any] | None:
         return None
     # The state holds RNG byte tensors, numpy/python RNG states and plain containers.
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def resolve_model(model: Any) -> tuple[torch.nn.Module, Path | None]:
+    """A model in eval mode from a model or a checkpoint directory, with that directory (if any).
+
+    The one place where "a model or a checkpoint" arguments (``Index.build``, ``evaluate``, ``serve``)
+    become a model.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        directory = Path(model)
+        if not directory.exists():
+            raise FileNotFoundError(f"model checkpoint not found: {directory}")
+        loaded, _ = load_model(directory, device="cpu")
+        return loaded, directory.resolve()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch module or a checkpoint directory, got {type(model).__name__}")
+    return model, getattr(model, "checkpoint_dir", None)

@@ -1,0 +1,346 @@
+"""Triplet sources: the resumable producers of stacked ``[q; p; n]`` batches, one per input kind.
+
+* :class:`SampledSource`: labelled images (in memory or an :class:`~deeprank.data.ImageStore`)
+  streamed through Algorithm 1 (:mod:`deeprank.training.sampler`);
+* :class:`TripletListSource`: the fixed triplets of a CSV, shuffled each pass;
+* :class:`InstanceSource`: an unlabelled folder, each image its own instance.
+
+:func:`build_source` picks and builds the source a :class:`~deeprank.training.config.TrainConfig` asks for.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.augment import augmented_view
+from ..data.fashion_mnist import load_fashion_mnist
+from ..data.folders import ImageFolder, UnlabelledFolder
+from ..data.images import SkippedImages, UnreadableImage, resize
+from ..data.store import ImageStore
+from ..data.triplet_csv import read_triplet_csv
+from .config import TrainConfig
+from .relevance import ClassRelevance, build_relevance
+from .sampler import ReservoirTripletSampler
+
+__all__ = [
+    "EpochOrder",
+    "InstanceSource",
+    "SampledSource",
+    "Source",
+    "TripletListSource",
+    "build_source",
+    "data_kind",
+]
+
+FASHION_MNIST_MEAN = [0.2860]
+FASHION_MNIST_STD = [0.3530]
+
+
+class EpochOrder:
+    """A fresh random permutation of ``range(size)`` per pass, walked one item at a time; resumable."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.order_rng = np.random.default_rng(seed)
+        self.epoch, self.position = 0, 0
+        self.order = self.order_rng.permutation(size)
+
+    @property
+    def epoch_float(self) -> float:
+        return self.epoch + self.position / self.size
+
+    def next(self) -> tuple[int, bool]:
+        """The next item, and whether it starts a new pass."""
+        new_pass = self.position >= self.size
+        if new_pass:
+            self.epoch, self.position = self.epoch + 1, 0
+            self.order = self.order_rng.permutation(self.size)
+        i = int(self.order[self.position])
+        self.position += 1
+        return i, new_pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "order_rng": self.order_rng.bit_generator.state,
+            "epoch": self.epoch,
+            "position": self.position,
+            "order": self.order.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order_rng.bit_generator.state = state["order_rng"]
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.order = np.asarray(state["order"])
+
+
+class Source:
+    """A deterministic, resumable producer of stacked triplet batches ``uint8 [3B, C, S, S]``."""
+
+    size: int  # images (or triplets) per epoch, for the epoch budget
+    walk: EpochOrder
+
+    @property
+    def epoch_float(self) -> float:
+        return self.walk.epoch_float
+
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(uint8 [3B, C, S, S] stacked q/p/n, category of each image [3B] or None)``."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+
+class SampledSource(Source):
+    """Labelled images (in memory or an :class:`ImageStore`) streamed through Algorithm 1."""
+
+    def __init__(
+        self,
+        images: torch.Tensor | ImageStore,
+        labels: np.ndarray,
+        relevance: Any,
+        config: TrainConfig,
+        skipped: SkippedImages,
+        description: dict[str, Any],
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.relevance = relevance
+        self.skipped = skipped
+        self.size = len(labels)
+        self._description = description
+        self.sampler = ReservoirTripletSampler(
+            config.buffer_capacity,
+            pair_relevance=None if isinstance(relevance, ClassRelevance) else relevance.pair,
+            out_of_class_fraction=config.out_of_class_fraction,
+            relevance_margin=config.relevance_margin,
+            max_tries=config.max_tries,
+            seed=config.seed,
+        )
+        self.walk = EpochOrder(self.size, config.seed + 1)
+
+    def _next_item(self) -> tuple[int, Hashable, float]:
+        i, new_pass = self.walk.next()
+        if new_pass:
+            # Fresh buffers so late images of a pass get their turn (keys are per pass).
+            self.sampler.reset()
+        return i, self.labels[i].item(), self._total(i)
+
+    def _total(self, i: int) -> float:
+        totals = getattr(self.relevance, "totals", None)
+        if totals is None:
+            return 1.0
+        return float(totals[i]) if isinstance(totals, np.ndarray) else float(totals[self.relevance.refs[i]])
+
+    def refill(self, count: int) -> list[tuple[int, int, int]]:
+        """The next ``count`` triplets of Algorithm 1 that touch no known-unreadable image."""
+        bad = self.images.bad if isinstance(self.images, ImageStore) else ()
+        out: list[tuple[int, int, int]] = []
+        misses = 0
+        while len(out) < count:
+            t = self.sampler.add(*self._next_item())
+            if t is None or (bad and {t.query, t.positive, t.negative} & bad):
+                misses += 1
+                if misses > 100 * count + 10 * self.size:
+                    raise RuntimeError("the sampler emits no triplets: check the categories and relevance")
+                continue
+            out.append((t.query, t.positive, t.negative))
+        return out
+
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        triplets = self.refill(batch_size)
+        images, triplets = _gather(self.images, triplets, self.skipped, self)
+        index = torch.tensor(triplets, dtype=torch.long).t().reshape(-1)
+        return images, torch.from_numpy(self.labels)[index]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict(), **self.walk.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.walk.load_state_dict(state)
+
+    def describe(self) -> dict[str, Any]:
+        return self._description
+
+
+def _gather(
+    images: torch.Tensor | ImageStore,
+    triplets: list[tuple[int, int, int]],
+    skipped: SkippedImages,
+    source: Any,
+) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
+    """Stack ``[q...; p...; n...]``; a triplet touching an unreadable image is replaced by a fresh one."""
+    if isinstance(images, torch.Tensor):
+        index = torch.tensor(triplets, dtype=torch.long).t().reshape(-1)
+        return images[index], triplets
+    target = len(triplets)
+    while True:
+        rows: list[torch.Tensor] = []
+        for t in triplets:
+            try:
+                rows.append(torch.stack([images.get(i) for i in t]))
+            except UnreadableImage as err:
+                skipped.add(err)
+                break
+        if len(rows) == len(triplets):
+            return torch.stack(rows, dim=1).reshape(-1, *rows[0].shape[1:]), triplets
+        triplets = [t for t in triplets if not set(t) & images.bad]
+        triplets += source.refill(target - len(triplets))
+
+
+class TripletListSource(Source):
+    """Fixed triplets from a CSV, shuffled each epoch."""
+
+    def __init__(
+        self, path: str, config: TrainConfig, image_size: int, channels: int, skipped: SkippedImages
+    ):
+        rows = read_triplet_csv(path)
+        names = sorted({str(p) for row in rows for p in row})
+        index = {n: i for i, n in enumerate(names)}
+        self.triplets = np.asarray([[index[str(p)] for p in row] for row in rows], dtype=np.int64)
+        self.store = ImageStore(names, image_size, channels, config.max_cache_bytes)
+        self.skipped = skipped
+        self.size = len(self.triplets)
+        self.walk = EpochOrder(self.size, config.seed + 1)
+        self.path = path
+
+    def refill(self, count: int) -> list[tuple[int, int, int]]:
+        out: list[tuple[int, int, int]] = []
+        tries = 0
+        while len(out) < count:
+            t = tuple(int(v) for v in self.triplets[self.walk.next()[0]])
+            tries += 1
+            if not set(t) & self.store.bad:
+                out.append(t)  # type: ignore[arg-type]
+            elif tries > 2 * self.size + count:
+                raise RuntimeError(f"every triplet of {self.path} has an unreadable image")
+        return out
+
+    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return _gather(self.store, self.refill(batch_size), self.skipped, self)[0], None
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.walk.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.walk.load_state_dict(state)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "triplets", "path": self.path, "triplets": self.size, "images": len(self.store)}
+
+
+class InstanceSource(Source):
+    """Unlabelled folder: each image is its own instance.
+
+    Query: the whole image; positive: a random augmented view of it (crop of part of the image, scale,
+    colour jitter, JPEG re-compression); negative: another image. So a crop learns to find its source.
+    """
+
+    def __init__(
+        self, root: str, config: TrainConfig, image_size: int, channels: int, skipped: SkippedImages
+    ):
+        self.folder = UnlabelledFolder(root)
+        self.store = ImageStore(self.folder.paths, image_size, channels, config.max_cache_bytes)
+        self.image_size, self.channels = image_size, channels
+        self.skipped = skipped
+        self.size = len(self.folder)
+        self.rng = random.Random(config.seed)
+        self.walk = EpochOrder(self.size, config.seed + 1)
+
+    def _next_index(self) -> int:
+        return self.walk.next()[0]
+
+    def next_batch(self, batch_size: int) -> torch.Tensor:
+        q, p, n = [], [], []
+        ids: list[int] = []
+        neg_ids: list[int] = []
+        misses = 0
+        while len(q) < batch_size:
+            i = self._next_index()
+            j = self.rng.randrange(self.size - 1)
+            j += j >= i
+            try:
+                if i in self.store.bad or j in self.store.bad:
+                    raise UnreadableImage(self.store.paths[i if i in self.store.bad else j], "skipped before")
+                full = self.store.get(i)
+                view = augmented_view(self.store.pil(i), self.image_size, self.channels, self.rng)
+                negative = self.store.get(j)
+            except UnreadableImage as err:
+                self.skipped.add(err)
+                misses += 1
+                if misses > 10 * self.size:
+                    raise RuntimeError(f"no readable images in {self.folder.root}") from None
+                continue
+            q.append(full), p.append(view), n.append(negative)
+            ids.append(i), neg_ids.append(j)
+        return torch.stack(q + p + n), torch.tensor(ids + ids + neg_ids)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate(), **self.walk.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(state["rng"])
+        self.walk.load_state_dict(state)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "unlabelled", "path": str(self.folder.root), "images": self.size}
+
+
+def data_kind(config: TrainConfig) -> str:
+    if config.data_kind != "auto":
+        if config.data_kind not in ("fashion-mnist", "folder", "triplets", "unlabelled"):
+            raise ValueError(
+                "data_kind must be auto, fashion-mnist, folder, triplets or unlabelled, "
+                f"got {config.data_kind!r}"
+            )
+        return config.data_kind
+    if config.data is None or str(config.data).startswith("fashion-mnist"):
+        return "fashion-mnist"
+    path = Path(config.data)
+    if path.suffix.lower() == ".csv":
+        return "triplets"
+    if path.is_dir():
+        return "folder"
+    raise FileNotFoundError(f"training data not found: {path} (an image folder or a triplet CSV expected)")
+
+
+def build_source(
+    config: TrainConfig, image_size: int, channels: int, skipped: SkippedImages
+) -> tuple[Source, dict[str, Any]]:
+    """The triplet source and the model normalisation it suggests."""
+    kind = data_kind(config)
+    if kind == "fashion-mnist":
+        split, _, where = (str(config.data or "fashion-mnist:test").partition(":")[2] or "test").partition(
+            ":"
+        )
+        images, labels = load_fashion_mnist(split, where or None)
+        tensor = resize(torch.from_numpy(images)[:, None], image_size)
+        if channels == 3:
+            tensor = tensor.expand(-1, 3, -1, -1)
+        tensor = tensor.contiguous()
+        relevance = build_relevance(config, list(range(len(labels))), labels, tensor, None)
+        desc = {"kind": "fashion-mnist", "split": split, "images": int(len(labels))}
+        norm = {"mean": FASHION_MNIST_MEAN * channels, "std": FASHION_MNIST_STD * channels}
+        return SampledSource(tensor, labels, relevance, config, skipped, desc), norm
+    assert config.data is not None
+    if kind == "triplets":
+        return TripletListSource(config.data, config, image_size, channels, skipped), {}
+    if kind == "unlabelled":
+        return InstanceSource(config.data, config, image_size, channels, skipped), {}
+    folder = ImageFolder(config.data)
+    store = ImageStore(folder.paths, image_size, channels, config.max_cache_bytes)
+    relevance = build_relevance(config, list(range(len(folder))), folder.labels, store, folder)
+    desc = {"kind": "folder", "path": str(folder.root), "images": len(folder), "classes": folder.classes}
+    return SampledSource(store, folder.labels, relevance, config, skipped, desc), {}
