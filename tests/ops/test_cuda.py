@@ -455,7 +455,7 @@ def test_lrn_module_on_cuda_matches_torch(rng):
 # Without a GPU
 # ----------------------------------------------------------------------------------------------
 
-CSRC = Path(__file__).resolve().parents[1] / "csrc"
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
 
 
 @pytest.fixture(scope="module")
