@@ -189,26 +189,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from .serve import app as serve_app
+        from .serve import server
     except ImportError as exc:
         raise DeeprankError(
             f"`deeprank serve` needs the serve extra: pip install 'deeprank[serve]' ({exc})"
         ) from None
-    main_fn = getattr(serve_app, "main", None) or getattr(serve_app, "serve", None)
-    if main_fn is None:
-        raise DeeprankError("this deeprank build has no serve entry point (deeprank.serve.app.main)")
-    return int(
-        main_fn(
-            args.index,
-            host=args.host,
-            port=args.port,
-            model=args.model,
-            max_upload_bytes=int(args.max_upload_mb * 2**20),
-            max_k=args.max_k,
-            approximate=args.approximate,
-        )
-        or 0
+    server.run(
+        args.index,
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_k=args.max_k,
+        approximate=args.approximate,
     )
+    return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:

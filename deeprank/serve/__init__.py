@@ -7,7 +7,8 @@
     app = create_app("photos.index")                           # a FastAPI app for your own ASGI server
 
 Endpoints: ``GET /`` (the page), ``POST /search`` (multipart: ``image`` file or ``id``, and ``k``),
-``GET /images/{id}``, ``GET /health``, ``GET /openapi.json`` and ``GET /docs``.
+``GET /images/{id}``, ``GET /items``, ``GET /health`` and ``GET /openapi.json`` (no ``/docs``: Swagger UI
+would load its scripts from a CDN, and the page loads nothing from other origins).
 """
 
 from __future__ import annotations

@@ -316,10 +316,3 @@ def _version() -> str:
     except ImportError:
         return "0"
 
-
-def main(index: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> int:
-    """Entry point of ``deeprank serve``: see :func:`deeprank.serve.run`."""
-    from .server import run
-
-    run(index, host=host, port=port, **options)
-    return 0

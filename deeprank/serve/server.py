@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..index import Index
+from .app import create_app
 
 
 def run(
@@ -29,8 +30,6 @@ def run(
     ``max_batch``, ...). The default host only accepts connections from this machine.
     """
     import uvicorn
-
-    from .app import create_app
 
     app = create_app(index_dir, **app_options)
     if not _is_loopback(host):
@@ -60,8 +59,6 @@ def serve_in_thread(
     ``port=0`` picks a free port. The server is shut down (and the thread joined) on exit.
     """
     import uvicorn
-
-    from .app import create_app
 
     app = app_or_index if hasattr(app_or_index, "router") else create_app(app_or_index, **app_options)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)

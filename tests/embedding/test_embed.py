@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from deeprank import Index
-from deeprank.data import array_images, export_image_folder, load_fashion_mnist
+from deeprank.data import export_image_folder, load_fashion_mnist
 from deeprank.embedding import embed_folder, embed_images, embed_tensor
 from deeprank.errors import DeeprankError, EmptyCollectionError, ModelMismatchError
 from deeprank.models import MultiScaleNet
@@ -31,20 +31,6 @@ def folder(tmp_path_factory):
     export_image_folder(images[:30], labels[:30], root)
     (root / "Bag" / "broken.png").write_bytes(b"not a png at all")
     return root
-
-
-def test_array_images_converts_layouts_as_pillow_does(rng):
-    grey = np.full((2, 14, 14), 255, np.uint8)
-    out = array_images(grey, 28, 3)
-    assert out.shape == (2, 3, 28, 28) and out.dtype == torch.uint8
-    assert (out == 255).all()
-    rgb = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
-    pil_grey = np.asarray(Image.fromarray(rgb.transpose(1, 2, 0)).convert("L"))
-    np.testing.assert_array_equal(array_images(rgb, 28, 1)[0, 0].numpy(), pil_grey)
-    floats = torch.from_numpy(rgb).float() / 255
-    torch.testing.assert_close(array_images(floats, 28, 3), array_images(rgb, 28, 3), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="channels"):
-        array_images(torch.rand(1, 2, 28, 28), 28, 3)
 
 
 def test_embed_folder_skips_unreadable_and_matches_direct_embedding(model, folder):

@@ -1,90 +1,16 @@
-"""``deeprank serve``: the JSON API through a real HTTP server on 127.0.0.1, hostile uploads, concurrency."""
+"""The FastAPI app over a real HTTP server on 127.0.0.1: search by id and upload, items, images, page."""
 
 import io
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from serve_support import MAX_UPLOAD, png_bytes, upload
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-try:
-    import python_multipart  # noqa: F401
-except ImportError:
-    pytest.importorskip("multipart")
-httpx = pytest.importorskip("httpx")
-
-from deeprank import cli  # noqa: E402
-from deeprank.data import export_image_folder, load_fashion_mnist  # noqa: E402
-from deeprank.index import Index  # noqa: E402
-from deeprank.models import MultiScaleNet  # noqa: E402
-from deeprank.models.checkpoint import save_checkpoint  # noqa: E402
-from deeprank.serve import create_app, serve_in_thread  # noqa: E402
-from deeprank.serve.batching import Batcher  # noqa: E402
-
-MAX_UPLOAD = 256 * 1024
-MAX_PIXELS = 1_000_000
-
-
-def build_collection(root: Path, count: int = 40) -> Path:
-    """Fashion-MNIST test images as PNG files, an untrained ``small`` model, and a saved index over them."""
-    images, labels = load_fashion_mnist("test")
-    export_image_folder(images[:count], labels[:count], root / "images")
-    torch.manual_seed(0)
-    save_checkpoint(root / "model", MultiScaleNet("small", in_channels=1))
-    index = Index.build(root / "model", root / "images", progress=False)
-    return index.save(root / "index")
-
-
-@pytest.fixture(scope="module")
-def collection(tmp_path_factory):
-    return build_collection(tmp_path_factory.mktemp("serve"))
-
-
-@pytest.fixture(scope="module")
-def index(collection):
-    return Index.load(collection)
-
-
-@pytest.fixture(scope="module")
-def server(collection):
-    with serve_in_thread(collection, max_upload_bytes=MAX_UPLOAD, max_pixels=MAX_PIXELS, max_k=30) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server, timeout=30) as c:
-        yield c
-
-
-def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def upload(client, data: bytes, k: int = 5, name: str = "query.png"):
-    return client.post("/search", files={"image": (name, data, "application/octet-stream")}, data={"k": k})
-
-
-def assert_still_serving(client, index):
-    item = index.ids[3]
-    r = client.post("/search", data={"id": item, "k": 2})
-    assert r.status_code == 200, r.text
-    assert r.json()["hits"][0]["id"] == item
-
-
-# ------------------------------------------------------------------ the API
+from deeprank.index import Index
+from deeprank.serve import create_app, serve_in_thread
 
 
 def test_health_describes_the_index(client, index):
@@ -250,195 +176,6 @@ def test_int_ids_are_found_from_text(tmp_path):
     assert body["query"]["id"] == 2 and body["hits"][0]["id"] == 2
 
 
-# ------------------------------------------------------------------ untrusted uploads
-
-
-def hostile_uploads(index) -> dict[str, tuple[bytes, int, str]]:
-    good = Path(index.path_of(index.ids[0])).read_bytes()
-    photo = png_bytes(Image.new("RGB", (200, 150), (200, 30, 30)), "JPEG")
-    return {
-        "text": (b"this is not an image at all\n" * 10, 415, "not an image"),
-        "empty": (b"", 422, "empty"),
-        "svg": (
-            b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>',
-            415,
-            "not an image",
-        ),
-        "eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", 415, "not an image"),
-        "truncated png": (good[: len(good) // 2], 422, "truncated"),
-        "truncated jpeg": (photo[: len(photo) // 2], 422, "truncated"),
-        "png header only": (good[:33], 422, ""),
-        # 4000 x 4000 grey: ~16 MP in a few KB of PNG, over the server's 1 MP limit.
-        "decompression bomb": (png_bytes(Image.new("L", (4000, 4000))), 413, "pixels"),
-        "too many bytes": (b"\x89PNG\r\n\x1a\n" + bytes(MAX_UPLOAD + 1), 413, "limit"),
-    }
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        "text",
-        "empty",
-        "svg",
-        "eps",
-        "truncated png",
-        "truncated jpeg",
-        "png header only",
-        "decompression bomb",
-        "too many bytes",
-    ],
-)
-def test_hostile_upload_gets_a_clear_4xx_and_the_server_keeps_serving(client, index, case):
-    data, status, fragment = hostile_uploads(index)[case]
-    r = upload(client, data)
-    assert r.status_code == status, r.text
-    detail = r.json()["detail"]
-    assert isinstance(detail, str) and fragment in detail
-    assert_still_serving(client, index)
-
-
-def raw_request(server: str, head: bytes, body: bytes) -> bytes:
-    """Send a request head and part of a body, never finish it, and read what the server answers."""
-    host, port = server.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(head + body)
-        received = b""
-        try:
-            while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                received += chunk
-        except TimeoutError:
-            pass
-    return received
-
-
-def test_body_over_the_limit_is_refused_while_streaming(server, client, index):
-    # A chunked upload with no end: a server that read everything before checking would never answer.
-    head = (
-        b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
-        b"Content-Type: multipart/form-data; boundary=xyz\r\n\r\n"
-    )
-    part = b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
-    payload = part + bytes(2 * MAX_UPLOAD)
-    body = b"%x\r\n%s\r\n" % (len(payload), payload)
-    answer = raw_request(server, head, body)
-    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-    assert b"limit" in answer
-    assert_still_serving(client, index)
-
-
-def test_declared_content_length_over_the_limit_is_refused_up_front(server, client, index):
-    head = (
-        b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n"
-        b"Content-Type: multipart/form-data; boundary=xyz\r\n\r\n" % (100 * MAX_UPLOAD)
-    )
-    answer = raw_request(server, head, b"--xyz\r\n")
-    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-    assert_still_serving(client, index)
-
-
-# ------------------------------------------------------------------ concurrency
-
-
-def test_concurrent_requests_match_sequential_ones(client, index, server):
-    queries = []
-    for j, item in enumerate(index.ids[:32]):
-        if j % 2:
-            queries.append(("id", item, 1 + j % 9))
-        else:
-            queries.append(("image", Path(index.path_of(item)).read_bytes(), 1 + j % 9))
-
-    def ask(c, query):
-        kind, value, k = query
-        if kind == "id":
-            r = c.post("/search", data={"id": value, "k": k})
-        else:
-            r = c.post("/search", files={"image": ("q.png", value)}, data={"k": k})
-        assert r.status_code == 200, r.text
-        return [(h["id"], round(h["distance"], 5)) for h in r.json()["hits"]]
-
-    sequential = [ask(client, q) for q in queries]
-    before = client.get("/health").json()["stats"]
-    barrier = threading.Barrier(len(queries), timeout=30)
-
-    def ask_together(query):
-        with httpx.Client(base_url=server, timeout=60) as c:
-            barrier.wait()
-            return ask(c, query)
-
-    with ThreadPoolExecutor(len(queries)) as pool:
-        concurrent = list(pool.map(ask_together, queries))
-    assert concurrent == sequential
-    after = client.get("/health").json()["stats"]
-    assert after["embedded_images"] - before["embedded_images"] == 16
-    assert after["searched_queries"] - before["searched_queries"] == 32
-
-
-def test_batcher_gathers_items_that_arrive_while_a_batch_runs():
-    release = threading.Event()
-    sizes = []
-
-    def fn(items):
-        sizes.append(len(items))
-        if len(sizes) == 1:
-            release.wait(10)
-        return [x * 2 for x in items]
-
-    batcher = Batcher(fn, max_batch=4, max_wait_s=0.0)
-    first = batcher.submit(0)
-    while not sizes:
-        time.sleep(0.001)
-    rest = [batcher.submit(i) for i in range(1, 7)]
-    release.set()
-    assert first.result(10) == 0 and [f.result(10) for f in rest] == [2, 4, 6, 8, 10, 12]
-    assert sizes == [1, 4, 2]  # the six waiting items, in batches of at most max_batch
-    batcher.close()
-    with pytest.raises(RuntimeError, match="closed"):
-        batcher.submit(1)
-
-
-def test_batcher_waits_only_for_items_that_are_on_their_way():
-    sizes = []
-
-    def fn(items):
-        sizes.append(len(items))
-        return items
-
-    coming = [0]
-    batcher = Batcher(fn, max_batch=8, max_wait_s=5.0, expected=lambda: coming[0])
-    start = time.monotonic()
-    assert batcher.submit(1).result(10) == 1
-    assert time.monotonic() - start < 2.5  # alone: no 5 s wait
-    coming[0] = 3  # three requests in flight: the first waits for the other two
-    first = batcher.submit(1)
-    time.sleep(0.05)
-    rest = [batcher.submit(2), batcher.submit(3)]
-    assert [f.result(10) for f in [first, *rest]] == [1, 2, 3]
-    assert sizes == [1, 3]
-    batcher.close()
-
-
-def test_batcher_hands_an_error_to_every_request_of_the_batch():
-    def fn(items):
-        if 3 in items:
-            raise ValueError("bad item")
-        return items
-
-    batcher = Batcher(fn, max_batch=8, max_wait_s=0.05)
-    futures = [batcher.submit(i) for i in (1, 3, 4)]
-    for f in futures:
-        with pytest.raises(ValueError, match="bad item"):
-            f.result(10)
-    assert batcher.submit(5).result(10) == 5  # the worker survives
-    batcher.close()
-    assert not any(t.name == "deeprank-batcher" for t in threading.enumerate())
-
-
-# ------------------------------------------------------------------ the page and the command
-
-
 def test_page_is_self_contained(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
@@ -464,37 +201,6 @@ def test_create_app_rejects_bad_options(collection):
         create_app(collection, formats=("NOPE",))
 
 
-def test_deeprank_serve_command_serves_until_stopped(collection):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # conftest.py points subprocesses at the deeprank this process imported.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deeprank", "serve", str(collection), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        health = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        assert health is not None and health["count"] == 40, proc.stdout.read() if proc.poll() else ""
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(20)
-    output = proc.stdout.read().decode()
-    assert f"40 items (d=64) at http://127.0.0.1:{port}/" in output
-
-
 def test_approximate_search_uses_the_saved_faiss_index(collection, index, tmp_path):
     pytest.importorskip("faiss")
     from deeprank.errors import DeeprankError
@@ -510,13 +216,3 @@ def test_approximate_search_uses_the_saved_faiss_index(collection, index, tmp_pa
         hits = c.post("/search", data={"id": item, "k": 5}).json()["hits"]
     expected = ann.search(ann.vector(item), k=5, approximate=True)
     assert [h["id"] for h in hits] == expected.ids[0] and hits[0]["id"] == item
-
-
-def test_cli_serve_calls_run_with_the_index(collection, monkeypatch):
-    import deeprank.serve.server as server_module
-
-    calls = []
-    monkeypatch.setattr(server_module, "run", lambda index, **kw: calls.append((index, kw)))
-    assert cli.main(["serve", str(collection), "--port", "8765", "--max-k", "7", "--max-upload-mb", "2"]) == 0
-    options = {"host": "127.0.0.1", "port": 8765, "model": None, "max_upload_bytes": 2 * 2**20, "max_k": 7}
-    assert calls == [(str(collection), {**options, "approximate": False})]
