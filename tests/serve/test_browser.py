@@ -61,7 +61,7 @@ def browser():
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from test_serve import build_collection
+    from serve_support import build_collection
 
     from deeprank.index import Index
     from deeprank.serve import serve_in_thread
