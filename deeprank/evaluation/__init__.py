@@ -1,6 +1,8 @@
 """Evaluation: the paper's similarity precision and score-at-top-K, retrieval metrics, reports, figures.
 
 - :mod:`.metrics`: every metric, from embeddings (queries, references, labels, triplets).
+- :mod:`.neighbours`: the one blocked neighbour search; :mod:`.accumulators`: the metrics that consume
+  its blocks, so one search of a collection serves them all.
 - :mod:`.triplets`: labelled triplets sampled from class labels or written for a folder.
 - :mod:`.methods`: one table row per method; the hand-crafted baselines.
 - :mod:`.report`: ``results.md`` / ``results.json``; :mod:`.plots`: heat-map and result grids.

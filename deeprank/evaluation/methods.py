@@ -9,14 +9,10 @@ import numpy as np
 import torch
 
 from .. import features
-from .metrics import (
-    as_matrix,
-    crop_retrieval,
-    retrieval_metrics,
-    score_at_top_k,
-    similarity_precision,
-    triplet_array,
-)
+from ..ops.checks import check_k
+from .accumulators import RetrievalAccumulator, TopKTripletAccumulator, feed
+from .metrics import as_matrix, crop_retrieval, share_correct, triplet_array, triplets_correct
+from .neighbours import neighbour_blocks
 
 __all__ = ["Embedder", "baseline_embedders", "evaluate_embeddings", "evaluate_methods"]
 
@@ -40,14 +36,27 @@ def evaluate_embeddings(
     Returns similarity precision and score-at-top-K on ``triplets`` (candidates: the whole
     collection), recall@K / precision@1 / MAP@R with the collection as queries and references
     (``exclude_self``), and crop-to-source recall when crop embeddings are given.
+
+    Work is shared: the triplets' distances are computed once for both triplet metrics, and one
+    neighbour search of the collection (its rows of the retrieval queries and the triplet queries, up to
+    the largest cut-off) feeds score-at-top-K and every retrieval metric; only the crops, a different
+    query set, have their own search.
     """
     emb = as_matrix(embeddings, "embeddings")
-    t = triplet_array(triplets, emb.shape[0])
+    n = emb.shape[0]
+    t = triplet_array(triplets, n)
+    k = check_k(k, n, "the number of embeddings")
+    correct = triplets_correct(emb, t)
+    retrieval = RetrievalAccumulator(labels, labels, n, n, ks, exclude_self=True, map_at_r=True)
+    score = TopKTripletAccumulator(t, correct, k)
+    width = max(retrieval.k, min(k, n - 1))  # the query itself is no candidate: at most n - 1
+    rows = np.union1d(retrieval.rows, score.rows)
+    feed(neighbour_blocks(emb, emb, width, exclude_self=True, rows=rows, threads=threads), retrieval, score)
+    metrics = retrieval.result()
     row: dict[str, float] = {
-        "similarity_precision": similarity_precision(emb[t[:, 0]], emb[t[:, 1]], emb[t[:, 2]]),
-        f"score@{k}": float(score_at_top_k(emb, t, k=k, threads=threads)),
+        "similarity_precision": share_correct(correct),
+        f"score@{k}": float(score.result()["score"]),
     }
-    metrics = retrieval_metrics(emb, labels, emb, labels, ks=ks, exclude_self=True, threads=threads)
     row.update({key: metrics[key] for key in [f"recall@{kk}" for kk in ks] + ["precision@1", "map@r"]})
     if crop_embeddings is not None:
         row.update(crop_retrieval(crop_embeddings, crop_sources, emb, ks=ks, threads=threads))
