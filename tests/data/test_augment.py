@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deeprank.data import augmented_view, random_shift
+from deeprank.data import augmented_view, random_crops, random_shift
 
 
 def test_random_shift_moves_content_and_repeats_under_seed():
@@ -48,3 +48,18 @@ def test_augmented_view_is_a_changed_crop(tmp_path):
     assert a.shape == (3, 32, 32) and a.dtype == torch.uint8
     torch.testing.assert_close(a, b)
     assert not torch.equal(a, c)
+
+
+def test_random_crops_are_sub_images():
+    img = torch.arange(16.0).view(1, 1, 4, 4).repeat(5, 1, 1, 1) / 16
+    full = random_crops(img, scale=(1.0, 1.0))
+    assert torch.allclose(full, img, atol=1e-6)
+    crops = random_crops(img, scale=(0.25, 0.25), seed=1)
+    assert crops.shape == img.shape and not torch.allclose(crops, img)
+
+
+def test_random_crops_keep_uint8_pixels_in_range():
+    img = torch.randint(0, 256, (4, 3, 12, 10), dtype=torch.uint8)
+    crops = random_crops(img, seed=2)
+    assert crops.dtype == torch.uint8 and crops.shape == img.shape
+    torch.testing.assert_close(random_crops(img, scale=(1.0, 1.0)), img, rtol=0, atol=0)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from deeprank import evaluation as ev
-from deeprank.data import ImageFolder, random_crops
+from deeprank.data import ImageFolder
 from deeprank.embedding import embed_images
 from deeprank.embedding.embed import embed_tensor, load_images
 from deeprank.errors import DeeprankError, EmptyCollectionError
@@ -118,11 +118,3 @@ def test_a_folder_without_readable_images(collection, tmp_path):
         (tmp_path / "bad" / c / "x.png").write_bytes(b"junk")
     with pytest.raises(EmptyCollectionError, match="none of the 2 images"):
         ev.evaluate_folder(collection[1], tmp_path / "bad", tmp_path / "ev", progress=False)
-
-
-def test_random_crops_are_sub_images():
-    img = torch.arange(16.0).view(1, 1, 4, 4).repeat(5, 1, 1, 1) / 16
-    full = random_crops(img, scale=(1.0, 1.0))
-    assert torch.allclose(full, img, atol=1e-6)
-    crops = random_crops(img, scale=(0.25, 0.25), seed=1)
-    assert crops.shape == img.shape and not torch.allclose(crops, img)
