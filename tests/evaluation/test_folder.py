@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from deeprank import evaluation as ev
-from deeprank.data import ImageFolder
+from deeprank.data import ImageFolder, random_crops
 from deeprank.embedding import embed_images
 from deeprank.embedding.embed import embed_tensor, load_images
 from deeprank.errors import DeeprankError, EmptyCollectionError
