@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
     from .training.config import config_from_args
 
-    checkpoint = train(config_from_args(args), progress=not args.quiet if hasattr(args, "quiet") else True)
+    checkpoint = train(config_from_args(args), progress=not args.no_progress)
     print(f"checkpoint: {checkpoint}")
     return 0
 
@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_train_arguments(p)
     except ImportError:  # pragma: no cover - only in a broken install
         pass
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
     def model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:

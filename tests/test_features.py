@@ -1,4 +1,4 @@
-"""Hand-crafted features: shapes, known values, distances against float64 references, golden relevance."""
+"""Hand-crafted features: shapes, known values, distances against float64 references."""
 
 import numpy as np
 import pytest
@@ -15,8 +15,6 @@ from deeprank.features import (
     wavelet,
     wavelet_distance,
 )
-from deeprank.training.relevance import golden_relevance
-from deeprank.training.sampler import ReservoirTripletSampler
 
 
 def test_lab_conversion_known_colours():
@@ -125,26 +123,3 @@ def test_features_rank_same_class_closer_on_fashion_mnist():
         nearest = d.argmin(axis=1)
         accuracy = (labels[nearest] == labels).mean()
         assert accuracy > (0.6 if name != "color" else 0.2), (name, accuracy)  # chance is 0.1
-
-
-def test_golden_relevance_drives_the_sampler(rng):
-    from deeprank.data import load_fashion_mnist
-
-    images, labels = load_fashion_mnist("test")
-    images, labels = images[:120], labels[:120]
-    golden = golden_relevance(images, labels)
-    assert golden.totals.shape == (120,) and (golden.totals > 0).all()
-    # totals are the in-category sums of the pairwise relevance
-    members = np.flatnonzero(labels == labels[0])
-    expected = sum(golden.pair(0, int(j)) for j in members if j != 0)
-    assert golden.totals[0] == pytest.approx(expected, rel=1e-4)
-    assert 0 < golden.pair(0, int(members[1])) <= 1
-    sampler = ReservoirTripletSampler(50, pair_relevance=golden.pair, max_tries=200, seed=0)
-    triplets = list(sampler.stream(golden.items()))
-    assert triplets
-    for t in triplets:
-        assert labels[t.query] == labels[t.positive]
-        if t.out_of_class:
-            assert labels[t.negative] != labels[t.query]
-        else:
-            assert golden.pair(t.query, t.positive) > golden.pair(t.query, t.negative)

@@ -1,21 +1,45 @@
-"""``TrainConfig``: every setting of a training run, its checks, and the ``deeprank train`` flags."""
+"""``TrainConfig``: every setting of a training run, its checks, and the ``deeprank train`` flags.
+
+Each field declares its command-line flag in its metadata, so a new setting is added in one place:
+
+* ``"flag"``: the option string (or a tuple of them; a bare name is the positional argument);
+* ``"help"``: the help text (``(default X)`` is appended unless it already speaks of the default);
+* ``"choices"``: the allowed values, optional;
+* ``"const"``: makes the flag a switch that stores this value (``--unlabelled``), optional;
+* ``"api_only"``: instead of ``"flag"``: why the setting is set from Python only.
+
+:func:`add_train_arguments` and :func:`config_from_args` are generated from that metadata; the
+argparse type comes from the field's annotation (``bool`` fields with a ``False`` default are switches).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MINING_MODES", "TrainConfig", "add_train_arguments", "check_config", "config_from_args"]
+__all__ = [
+    "MINING_MODES",
+    "TrainConfig",
+    "add_train_arguments",
+    "check_config",
+    "cli_fields",
+    "config_from_args",
+]
 
-FASHION_MNIST_MEAN = [0.2860]
-FASHION_MNIST_STD = [0.3530]
+MINING_MODES = ("auto", "none", "batch-all", "semi-hard")
 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; every field has a CLI flag (``deeprank train --help``).
+    """Everything a training run needs; every field but ``model_options`` has a ``deeprank train`` flag.
+
+    ``model_options`` (other :class:`~deeprank.models.MultiScaleNet` keys: ``conv``, ``fc``, ``mean``,
+    ``std``...) is a nested dict with no one-line flag form, so it is set from Python only (its field
+    metadata says so; ``deeprank train --help`` lists every other field).
 
     Data (``data``): ``None`` = the bundled Fashion-MNIST test split; ``"fashion-mnist:train"`` /
     ``"fashion-mnist:test"``; a folder with one sub-folder per category; a ``.csv`` of
@@ -27,50 +51,156 @@ class TrainConfig:
     ``max_triplets`` and ``time_budget`` (seconds, counted across resumes); if none is set, 1 epoch.
     """
 
-    data: str | None = None
-    data_kind: str = "auto"  # auto | fashion-mnist | folder | triplets | unlabelled
-    relevance: str | None = None
-    output: str = "runs/deeprank"
-    preset: str = "small"
-    image_size: int | None = None
-    in_channels: int | None = None  # default: 1 for Fashion-MNIST, 3 otherwise
-    embedding_dim: int | None = None
-    single_scale: bool = False
-    dropout: float | None = None
-    convnet_weights: str | None = None
-    epochs: float | None = None
-    max_steps: int | None = None
-    max_triplets: int | None = None
-    time_budget: float | None = None
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay_lambda: float = 0.001
-    schedule: str = "cosine"  # cosine | constant
-    warmup_steps: int = 100
-    margin: float = 1.0
-    mining: str = "auto"  # auto | none | batch-all | semi-hard (see _mining_mode, deeprank.mining)
-    out_of_class_fraction: float = 0.2
-    buffer_capacity: int = 1000
-    relevance_margin: float = 0.0
-    max_tries: int = 32
-    max_shift: int | None = None  # pixels; None: max(1, image_size // 32), see default_max_shift
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
-    workers: int = 0  # reserved: image decoding happens in the training process
-    checkpoint_every: float = 300.0
-    # End this session at this step (checkpoint kept; the schedule still spans the whole budget).
-    stop_at_step: int | None = None
-    resume: bool = False
-    max_cache_bytes: int = 2 << 30
-    model_options: dict[str, Any] = field(default_factory=dict)  # other MultiScaleNet keys (conv, fc...)
+    data: str | None = field(
+        default=None,
+        metadata={
+            "flag": "data",
+            "help": "image folder (one sub-folder per category), triplet CSV, unlabelled folder "
+            "(--unlabelled), or fashion-mnist:train / fashion-mnist:test; default: the bundled "
+            "Fashion-MNIST test split",
+        },
+    )
+    # auto | fashion-mnist | folder | triplets | unlabelled; only "unlabelled" cannot be told from DATA
+    data_kind: str = field(
+        default="auto",
+        metadata={
+            "flag": "--unlabelled",
+            "const": "unlabelled",
+            "help": "DATA is a flat folder; each image is its own instance",
+        },
+    )
+    relevance: str | None = field(
+        default=None,
+        metadata={
+            "flag": "--relevance",
+            "help": "'golden' (hand-crafted features) or a CSV image_a,image_b,score",
+        },
+    )
+    output: str = field(
+        default="runs/deeprank", metadata={"flag": ("-o", "--output"), "help": "checkpoint directory"}
+    )
+    preset: str = field(
+        default="small",
+        metadata={"flag": "--preset", "choices": ("small", "paper"), "help": "network preset"},
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={"flag": "--image-size", "help": "input side in pixels (default: the preset's)"},
+    )
+    in_channels: int | None = field(
+        default=None,
+        metadata={
+            "flag": "--channels",
+            "choices": (1, 3),
+            "help": "1 grayscale or 3 RGB (default: 1 for Fashion-MNIST, 3 otherwise)",
+        },
+    )
+    embedding_dim: int | None = field(
+        default=None, metadata={"flag": "--embedding-dim", "help": "embedding size d (default: the preset's)"}
+    )
+    single_scale: bool = field(
+        default=False,
+        metadata={"flag": "--single-scale", "help": "ConvNet branch only (the paper's ablation)"},
+    )
+    dropout: float | None = field(
+        default=None,
+        metadata={
+            "flag": "--dropout",
+            "help": "dropout on fully connected layers (default: the preset's, small 0, paper 0.4)",
+        },
+    )
+    convnet_weights: str | None = field(
+        default=None,
+        metadata={
+            "flag": "--convnet-weights",
+            "help": "a weight file for the ConvNet branch (.safetensors/.pt)",
+        },
+    )
+    epochs: float | None = field(default=None, metadata={"flag": "--epochs", "help": "passes over the data"})
+    max_steps: int | None = field(
+        default=None, metadata={"flag": "--max-steps", "help": "stop after this many steps"}
+    )
+    max_triplets: int | None = field(
+        default=None, metadata={"flag": "--max-triplets", "help": "stop after this many triplets"}
+    )
+    time_budget: float | None = field(
+        default=None,
+        metadata={"flag": "--time-budget", "help": "stop after this many seconds (across resumes)"},
+    )
+    batch_size: int = field(default=64, metadata={"flag": "--batch-size", "help": "triplets per step"})
+    lr: float = field(default=0.05, metadata={"flag": "--lr", "help": "learning rate"})
+    momentum: float = field(default=0.9, metadata={"flag": "--momentum", "help": "Nesterov momentum"})
+    weight_decay_lambda: float = field(
+        default=0.001, metadata={"flag": "--lambda", "help": "lambda of lambda*||W||^2"}
+    )
+    schedule: str = field(
+        default="cosine",
+        metadata={"flag": "--schedule", "choices": ("cosine", "constant"), "help": "learning-rate schedule"},
+    )
+    warmup_steps: int = field(
+        default=100, metadata={"flag": "--warmup-steps", "help": "steps of linear learning-rate warm-up"}
+    )
+    margin: float = field(default=1.0, metadata={"flag": "--margin", "help": "gap g of the ranking hinge"})
+    mining: str = field(
+        default="auto",
+        metadata={
+            "flag": "--mining",
+            "choices": MINING_MODES,
+            "help": "in-batch mining: batch-all (every active triplet of the batch), semi-hard, or none "
+            "(the sampler's triplets only); auto (the default) = batch-all when categories are the "
+            "relevance",
+        },
+    )
+    out_of_class_fraction: float = field(
+        default=0.2, metadata={"flag": "--out-of-class", "help": "share of out-of-class negatives"}
+    )
+    buffer_capacity: int = field(
+        default=1000, metadata={"flag": "--buffer-capacity", "help": "images per category buffer"}
+    )
+    relevance_margin: float = field(
+        default=0.0, metadata={"flag": "--relevance-margin", "help": "T_r for in-class negatives"}
+    )
+    max_tries: int = field(
+        default=32,
+        metadata={"flag": "--max-tries", "help": "sampler attempts per streamed image before it gives up"},
+    )
+    max_shift: int | None = field(
+        default=None,
+        metadata={
+            "flag": "--max-shift",
+            "help": "random pixel shift augmentation in pixels (default: image size // 32, at least 1; "
+            "0: off)",
+        },
+    )
+    seed: int = field(
+        default=0, metadata={"flag": "--seed", "help": "random seed (runs repeat exactly on one device)"}
+    )
+    device: str = field(default="auto", metadata={"flag": "--device", "help": "auto, cpu or cuda"})
+    threads: int | None = field(default=None, metadata={"flag": "--threads", "help": "torch CPU threads"})
+    checkpoint_every: float = field(
+        default=300.0,
+        metadata={"flag": "--checkpoint-every", "help": "seconds between checkpoints (0: only at the end)"},
+    )
+    stop_at_step: int | None = field(
+        default=None,
+        metadata={
+            "flag": "--stop-at-step",
+            "help": "end this session at this step, checkpoint kept (the schedule still spans the whole "
+            "budget; continue with --resume)",
+        },
+    )
+    resume: bool = field(default=False, metadata={"flag": "--resume", "help": "continue the run in --output"})
+    max_cache_bytes: int = field(
+        default=2 << 30,
+        metadata={"flag": "--max-cache-bytes", "help": "decoded-image cache size in bytes (default 2 GiB)"},
+    )
+    model_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"api_only": "a nested dict of other MultiScaleNet keys (conv, fc, mean, std...)"},
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-MINING_MODES = ("auto", "none", "batch-all", "semi-hard")
 
 
 def check_config(config: TrainConfig) -> None:
@@ -97,109 +227,55 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"max_shift must be an int >= 0 or None (auto), got {config.max_shift!r}")
 
 
+def cli_fields() -> list[dataclasses.Field]:
+    """The fields of :class:`TrainConfig` that have a flag, in declaration order."""
+    return [f for f in dataclasses.fields(TrainConfig) if "flag" in f.metadata]
+
+
+def _scalar_type(annotation: Any) -> type:
+    """``int`` for ``int | None`` and so on: the type argparse converts a flag's text with."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if annotation not in (bool, int, float, str):
+        raise TypeError(f"a flag needs a bool, int, float or str field, got {annotation}")
+    return annotation
+
+
+def _argument(f: dataclasses.Field, annotation: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The ``add_argument`` call for field ``f``: its option strings and keyword arguments."""
+    meta = f.metadata
+    flags = meta["flag"] if isinstance(meta["flag"], tuple) else (meta["flag"],)
+    kind = _scalar_type(annotation)
+    help_text = meta["help"]
+    options: dict[str, Any] = {"default": f.default}
+    if not flags[0].startswith("-"):  # the positional argument: its name is the field's
+        assert flags == (f.name,), f"positional {flags} must be named like its field {f.name}"
+        options["nargs"] = "?"
+    else:
+        options["dest"] = f.name
+    if "const" in meta:
+        options.update(action="store_const", const=meta["const"])
+    elif kind is bool:
+        assert f.default is False, f"switch {f.name} must default to False"
+        options["action"] = "store_true"
+    else:
+        options["type"] = kind
+        if "choices" in meta:
+            options["choices"] = list(meta["choices"])
+        if f.default is not None and "default" not in help_text:
+            help_text = f"{help_text} (default {f.default})"
+    options["help"] = help_text
+    return flags, options
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``deeprank train``'s options to ``parser``; the CLI then calls :func:`config_from_args`."""
-    d = TrainConfig()
-    a = parser.add_argument
-    a(
-        "data",
-        nargs="?",
-        default=None,
-        help="image folder (one sub-folder per category), triplet CSV, unlabelled folder (--unlabelled), "
-        "or fashion-mnist:train / fashion-mnist:test; default: the bundled Fashion-MNIST test split",
-    )
-    a("--unlabelled", action="store_true", help="DATA is a flat folder; each image is its own instance")
-    a("--relevance", default=None, help="'golden' (hand-crafted features) or a CSV image_a,image_b,score")
-    a("-o", "--output", default=d.output, help=f"checkpoint directory (default {d.output})")
-    a("--preset", default=d.preset, choices=["small", "paper"], help="network preset (default small)")
-    a("--image-size", type=int, default=None, help="input side in pixels (default: the preset's)")
-    a("--channels", type=int, choices=[1, 3], default=None, help="1 grayscale or 3 RGB (default: from data)")
-    a("--embedding-dim", type=int, default=None, help="embedding size d (default: the preset's)")
-    a("--single-scale", action="store_true", help="ConvNet branch only (the paper's ablation)")
-    a(
-        "--dropout",
-        type=float,
-        default=None,
-        help="dropout on fully connected layers (default: the preset's, small 0, paper 0.4)",
-    )
-    a("--convnet-weights", default=None, help="a weight file for the ConvNet branch (.safetensors/.pt)")
-    a("--epochs", type=float, default=None, help="passes over the data")
-    a("--max-steps", type=int, default=None, help="stop after this many steps")
-    a("--max-triplets", type=int, default=None, help="stop after this many triplets")
-    a("--time-budget", type=float, default=None, help="stop after this many seconds (across resumes)")
-    a("--batch-size", type=int, default=d.batch_size, help=f"triplets per step (default {d.batch_size})")
-    a("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
-    a("--momentum", type=float, default=d.momentum, help=f"Nesterov momentum (default {d.momentum})")
-    a(
-        "--lambda",
-        dest="weight_decay_lambda",
-        type=float,
-        default=d.weight_decay_lambda,
-        help=f"lambda of lambda*||W||^2 (default {d.weight_decay_lambda})",
-    )
-    a("--schedule", choices=["cosine", "constant"], default=d.schedule, help="learning-rate schedule")
-    a("--margin", type=float, default=d.margin, help=f"gap g of the ranking hinge (default {d.margin})")
-    a(
-        "--mining",
-        choices=list(MINING_MODES),
-        default=d.mining,
-        help="in-batch mining: batch-all (every active triplet of the batch), semi-hard, or none (the "
-        "sampler's triplets only); auto (default) = batch-all when categories are the relevance",
-    )
-    a(
-        "--out-of-class",
-        dest="out_of_class_fraction",
-        type=float,
-        default=d.out_of_class_fraction,
-        help=f"share of out-of-class negatives (default {d.out_of_class_fraction})",
-    )
-    a("--buffer-capacity", type=int, default=d.buffer_capacity, help="images per category buffer")
-    a("--relevance-margin", type=float, default=d.relevance_margin, help="T_r for in-class negatives")
-    a(
-        "--max-shift",
-        type=int,
-        default=d.max_shift,
-        help="random pixel shift augmentation in pixels (default: image size // 32, at least 1; 0: off)",
-    )
-    a("--seed", type=int, default=d.seed, help="random seed (runs repeat exactly on one device)")
-    a("--device", default=d.device, help="auto, cpu or cuda (default auto)")
-    a("--threads", type=int, default=None, help="torch CPU threads")
-    a("--checkpoint-every", type=float, default=d.checkpoint_every, help="seconds between checkpoints")
-    a("--resume", action="store_true", help="continue the run in --output")
+    """Add a flag per :func:`cli_fields` field to ``parser``; the CLI then calls :func:`config_from_args`."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in cli_fields():
+        flags, options = _argument(f, hints[f.name])
+        parser.add_argument(*flags, **options)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` for parsed ``deeprank train`` arguments."""
-    return TrainConfig(
-        data=args.data,
-        data_kind="unlabelled" if args.unlabelled else "auto",
-        relevance=args.relevance,
-        output=args.output,
-        preset=args.preset,
-        image_size=args.image_size,
-        in_channels=args.channels,
-        embedding_dim=args.embedding_dim,
-        single_scale=args.single_scale,
-        dropout=args.dropout,
-        convnet_weights=args.convnet_weights,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        max_triplets=args.max_triplets,
-        time_budget=args.time_budget,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay_lambda=args.weight_decay_lambda,
-        schedule=args.schedule,
-        margin=args.margin,
-        mining=args.mining,
-        out_of_class_fraction=args.out_of_class_fraction,
-        buffer_capacity=args.buffer_capacity,
-        relevance_margin=args.relevance_margin,
-        max_shift=args.max_shift,
-        seed=args.seed,
-        device=args.device,
-        threads=args.threads,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-    )
+    """The :class:`TrainConfig` for parsed ``deeprank train`` arguments (API-only fields keep defaults)."""
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in cli_fields()})

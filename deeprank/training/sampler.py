@@ -29,7 +29,7 @@ import bisect
 import heapq
 import math
 import random
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 __all__ = ["RelevanceSource", "ReservoirTripletSampler", "Triplet"]
@@ -45,7 +45,11 @@ class Triplet(NamedTuple):
 
 
 class RelevanceSource(Protocol):
-    """What the sampler needs from a relevance source."""
+    """What the sampler needs from a relevance source (:mod:`deeprank.training.relevance`).
+
+    Training builds the sampler with ``pair_relevance=source.pair`` and
+    ``in_class_negatives=source.in_class_order``.
+    """
 
     #: whether images of one category are ordered by relevance (in-class negatives possible)
     in_class_order: bool
@@ -54,8 +58,8 @@ class RelevanceSource(Protocol):
         """Pairwise relevance ``r_ab`` of two images of the same category (higher = more similar)."""
         ...
 
-    def items(self) -> Iterator[tuple[Any, Hashable, float]]:
-        """The stream ``(image_ref, category, total_relevance)`` in a fixed order."""
+    def items(self, order: Sequence[int] | None = None) -> Iterator[tuple[Any, Hashable, float]]:
+        """The stream ``(image_ref, category, total_relevance)``, in ``order`` (default: reference order)."""
         ...
 
 

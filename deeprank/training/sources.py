@@ -1,4 +1,4 @@
-"""Triplet sources: the resumable producers of stacked ``[q; p; n]`` batches, one per input kind.
+"""Triplet sources: the resumable producers of stacked ``[q; p; n]`` :class:`Batch` es, one per input kind.
 
 * :class:`SampledSource`: labelled images (in memory or an :class:`~deeprank.data.ImageStore`)
   streamed through Algorithm 1 (:mod:`deeprank.training.sampler`);
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,11 @@ from ..data.images import SkippedImages, UnreadableImage, resize
 from ..data.store import ImageStore
 from ..data.triplet_csv import read_triplet_csv
 from .config import TrainConfig
-from .relevance import ClassRelevance, build_relevance
+from .relevance import build_relevance
 from .sampler import ReservoirTripletSampler
 
 __all__ = [
+    "Batch",
     "EpochOrder",
     "InstanceSource",
     "SampledSource",
@@ -79,18 +81,37 @@ class EpochOrder:
         self.order = np.asarray(state["order"])
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One step's triplets: ``images`` stacked ``[q...; p...; n...]``, ``uint8 [3B, C, S, S]``.
+
+    ``labels``: the category of each image (``long [3B]``) for in-batch mining, or ``None`` for a
+    source without categories (a triplet CSV).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+
+    @property
+    def triplets(self) -> int:
+        return self.images.shape[0] // 3
+
+
 class Source:
-    """A deterministic, resumable producer of stacked triplet batches ``uint8 [3B, C, S, S]``."""
+    """A deterministic, resumable producer of triplet :class:`Batch` es."""
 
     size: int  # images (or triplets) per epoch, for the epoch budget
     walk: EpochOrder
+    #: whether categories are the whole relevance (no order inside a category), so in-batch mining
+    #: over categories loses nothing the sampled triplets carry
+    categories_are_relevance: bool = False
 
     @property
     def epoch_float(self) -> float:
         return self.walk.epoch_float
 
-    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(uint8 [3B, C, S, S] stacked q/p/n, category of each image [3B] or None)``."""
+    def next_batch(self, batch_size: int) -> Batch:
+        """The next ``batch_size`` triplets."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -120,9 +141,11 @@ class SampledSource(Source):
         self.skipped = skipped
         self.size = len(labels)
         self._description = description
+        self.categories_are_relevance = not relevance.in_class_order
         self.sampler = ReservoirTripletSampler(
             config.buffer_capacity,
-            pair_relevance=None if isinstance(relevance, ClassRelevance) else relevance.pair,
+            pair_relevance=relevance.pair,
+            in_class_negatives=relevance.in_class_order,
             out_of_class_fraction=config.out_of_class_fraction,
             relevance_margin=config.relevance_margin,
             max_tries=config.max_tries,
@@ -158,11 +181,11 @@ class SampledSource(Source):
             out.append((t.query, t.positive, t.negative))
         return out
 
-    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def next_batch(self, batch_size: int) -> Batch:
         triplets = self.refill(batch_size)
         images, triplets = _gather(self.images, triplets, self.skipped, self)
         index = torch.tensor(triplets, dtype=torch.long).t().reshape(-1)
-        return images, torch.from_numpy(self.labels)[index]
+        return Batch(images, torch.from_numpy(self.labels)[index])
 
     def state_dict(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict(), **self.walk.state_dict()}
@@ -228,8 +251,8 @@ class TripletListSource(Source):
                 raise RuntimeError(f"every triplet of {self.path} has an unreadable image")
         return out
 
-    def next_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return _gather(self.store, self.refill(batch_size), self.skipped, self)[0], None
+    def next_batch(self, batch_size: int) -> Batch:
+        return Batch(_gather(self.store, self.refill(batch_size), self.skipped, self)[0], None)
 
     def state_dict(self) -> dict[str, Any]:
         return self.walk.state_dict()
@@ -246,7 +269,10 @@ class InstanceSource(Source):
 
     Query: the whole image; positive: a random augmented view of it (crop of part of the image, scale,
     colour jitter, JPEG re-compression); negative: another image. So a crop learns to find its source.
+    Each image is its own category, and categories are the whole relevance.
     """
+
+    categories_are_relevance = True
 
     def __init__(
         self, root: str, config: TrainConfig, image_size: int, channels: int, skipped: SkippedImages
@@ -262,7 +288,7 @@ class InstanceSource(Source):
     def _next_index(self) -> int:
         return self.walk.next()[0]
 
-    def next_batch(self, batch_size: int) -> torch.Tensor:
+    def next_batch(self, batch_size: int) -> Batch:
         q, p, n = [], [], []
         ids: list[int] = []
         neg_ids: list[int] = []
@@ -285,7 +311,7 @@ class InstanceSource(Source):
                 continue
             q.append(full), p.append(view), n.append(negative)
             ids.append(i), neg_ids.append(j)
-        return torch.stack(q + p + n), torch.tensor(ids + ids + neg_ids)
+        return Batch(torch.stack(q + p + n), torch.tensor(ids + ids + neg_ids))
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.getstate(), **self.walk.state_dict()}

@@ -1,11 +1,11 @@
-"""ReservoirTripletSampler (Algorithm 1) and relevance sources: exact rules and statistics."""
+"""ReservoirTripletSampler (Algorithm 1): exact rules and statistics."""
 
 import math
 
 import numpy as np
 import pytest
 
-from deeprank.training.relevance import ClassRelevance, TableRelevance
+from deeprank.training.relevance import ClassRelevance
 from deeprank.training.sampler import ReservoirTripletSampler
 
 
@@ -186,24 +186,3 @@ def test_bad_arguments():
         sampler.insert("a", 0, float("nan"))
     with pytest.raises(ValueError, match="relevance"):
         sampler.insert("a", 0, -1.0)
-
-
-def test_table_relevance_from_csv(tmp_path):
-    path = tmp_path / "scores.csv"
-    path.write_text(
-        "image_a,image_b,score\na.jpg,b.jpg,0.9\nb.jpg,c.jpg,0.2\na.jpg,c.jpg,0.1\nc.jpg,d.jpg,5\n"
-    )
-    table = TableRelevance.from_csv(path, categories={"a.jpg": 0, "b.jpg": 0, "c.jpg": 0, "d.jpg": 1})
-    assert table.pair("a.jpg", "b.jpg") == table.pair("b.jpg", "a.jpg") == 0.9
-    assert table.pair("c.jpg", "d.jpg") == 0.0  # across categories: ignored
-    assert table.totals["a.jpg"] == pytest.approx(1.0)
-    assert table.totals["c.jpg"] == pytest.approx(0.3)
-    sampler = ReservoirTripletSampler(10, pair_relevance=table.pair, seed=0, max_tries=200)
-    triplets = [t for t in sampler.stream(table.items()) if t is not None]
-    for t in triplets:
-        if not t.out_of_class:
-            assert table.pair(t.query, t.positive) > table.pair(t.query, t.negative)
-    bad = tmp_path / "bad.csv"
-    bad.write_text("a.jpg,b.jpg,0.5\na.jpg,c.jpg,lots\n")
-    with pytest.raises(ValueError, match="bad.csv:2"):
-        TableRelevance.from_csv(bad)

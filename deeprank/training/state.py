@@ -1,0 +1,174 @@
+"""The training state: what a checkpoint keeps so ``resume=True`` continues a run exactly.
+
+* :func:`save_training` writes a checkpoint of a run: the weights, ``config.json`` (the training
+  settings, the data description and the progress counters) and the training state of
+  :func:`capture_state` (optimizer, counters, source and every random state);
+* :func:`resume_point` reads one back for a resumed run: the model through
+  :func:`~deeprank.models.checkpoint.load_model`, the state, and the configuration merged by
+  :func:`resumed_config` (the saved settings win but for :data:`CALLER_FIELDS`);
+* :func:`restore_state` puts the state back into a freshly built trainer.
+
+The bytes of ``train_state.pt`` are written and read by :mod:`deeprank.models.checkpoint`
+(``save_checkpoint(state=...)`` and ``load_train_state``); this module decides what goes in it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from ..data.images import SkippedImages
+from ..models.checkpoint import CONFIG_FILE, load_model, load_train_state, save_checkpoint
+from .config import TrainConfig
+from .sources import Source
+
+__all__ = [
+    "CALLER_FIELDS",
+    "Counters",
+    "ResumePoint",
+    "Resumable",
+    "capture_state",
+    "restore_state",
+    "resume_point",
+    "resumed_config",
+    "save_training",
+]
+
+#: Settings a resumed run takes from the caller, not from the checkpoint: the budget (a run may be
+#: extended), where it runs and how often it saves. Everything else must match the saved run.
+CALLER_FIELDS = (
+    "epochs",
+    "max_steps",
+    "max_triplets",
+    "time_budget",
+    "stop_at_step",
+    "output",
+    "device",
+    "threads",
+    "checkpoint_every",
+    "resume",
+)
+
+
+@dataclass
+class Counters:
+    """How far a run has come: steps, triplets, training seconds of earlier sessions, the loss average."""
+
+    step: int = 0
+    triplets: int = 0
+    elapsed_before: float = 0.0
+    loss_avg: float = math.nan  # exponential moving average (weight 0.02) of the step losses
+
+    def record(self, triplets: int, loss: float) -> None:
+        """Count one step of ``triplets`` triplets with loss ``loss``."""
+        self.step += 1
+        self.triplets += triplets
+        self.loss_avg = loss if math.isnan(self.loss_avg) else 0.98 * self.loss_avg + 0.02 * loss
+
+
+class Resumable(Protocol):
+    """The parts of a trainer (:class:`deeprank.training.loop.Trainer`) that the training state covers."""
+
+    config: TrainConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    source: Source
+    augment_rng: torch.Generator
+    device: torch.device
+    counters: Counters
+    skipped: SkippedImages
+
+
+def capture_state(trainer: Resumable, elapsed: float) -> dict[str, Any]:
+    """The training state of ``trainer`` after ``elapsed`` training seconds (all sessions)."""
+    device = trainer.device
+    return {
+        "optimizer": trainer.optimizer.state_dict(),
+        "source": trainer.source.state_dict(),
+        "augment_rng": trainer.augment_rng.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "step": trainer.counters.step,
+        "triplets": trainer.counters.triplets,
+        "elapsed": elapsed,
+        "loss_avg": trainer.counters.loss_avg,
+        "skipped": sorted(trainer.skipped.paths),
+    }
+
+
+def restore_state(trainer: Resumable, state: Mapping[str, Any]) -> None:
+    """Put a :func:`capture_state` state back into a trainer built from the same configuration."""
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.source.load_state_dict(state["source"])
+    trainer.augment_rng.set_state(state["augment_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if trainer.device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], trainer.device)
+    trainer.counters = Counters(
+        step=int(state["step"]),
+        triplets=int(state["triplets"]),
+        elapsed_before=float(state["elapsed"]),
+        loss_avg=float(state["loss_avg"]),
+    )
+    trainer.skipped.paths |= set(state.get("skipped", []))
+
+
+def save_training(trainer: Resumable, elapsed: float, *, finished: bool, rate: float) -> Path:
+    """Checkpoint ``trainer`` into ``config.output`` (atomically, file by file); returns the directory.
+
+    ``finished``: whether the budget is spent; ``rate``: the recent triplets per second.
+    """
+    counters, source = trainer.counters, trainer.source
+    info = {
+        "train": trainer.config.to_dict(),
+        "data": source.describe(),
+        "progress": {
+            "step": counters.step,
+            "triplets": counters.triplets,
+            "epoch": round(source.epoch_float, 4),
+            "elapsed_s": round(elapsed, 2),
+            "loss": counters.loss_avg,
+            "skipped": trainer.skipped.count,
+            "finished": finished,
+            "triplets_per_s": round(rate, 1),
+        },
+    }
+    return save_checkpoint(trainer.config.output, trainer.model, info, capture_state(trainer, elapsed))
+
+
+def resumed_config(saved: Mapping[str, Any], config: TrainConfig) -> TrainConfig:
+    """The configuration of a resumed run: ``saved`` (a checkpoint's ``"train"`` entry) but for
+    :data:`CALLER_FIELDS`, taken from ``config``. Saved keys that are no longer settings are dropped."""
+    merged = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
+    merged.update({k: getattr(config, k) for k in CALLER_FIELDS})
+    return TrainConfig(**merged)
+
+
+@dataclass
+class ResumePoint:
+    """A checkpoint to continue: the merged configuration, the model (eval mode, CPU) and the state."""
+
+    config: TrainConfig
+    model: torch.nn.Module
+    state: dict[str, Any] = field(repr=False)
+
+
+def resume_point(config: TrainConfig) -> ResumePoint | None:
+    """The checkpoint in ``config.output`` to continue, or ``None`` for a fresh run.
+
+    ``None`` unless ``config.resume`` and the output directory holds a checkpoint; a checkpoint
+    without a training state (``train_state.pt``) raises ``ValueError``.
+    """
+    output = Path(config.output)
+    if not (config.resume and (output / CONFIG_FILE).is_file()):
+        return None
+    model, saved = load_model(output)
+    state = load_train_state(output)
+    if state is None:
+        raise ValueError(f"{output} has no training state to resume from (train_state.pt missing)")
+    return ResumePoint(resumed_config(saved.get("train", {}), config), model, state)
