@@ -17,3 +17,7 @@ class ModelMismatchError(DeeprankError, ValueError):
 
 class EmptyCollectionError(DeeprankError, ValueError):
     """A folder or collection holds no usable images."""
+
+
+class MissingExtraError(DeeprankError, ImportError):
+    """An optional part of deeprank is not installed; the message names the ``pip install`` extra."""

@@ -1,7 +1,8 @@
 """The Deep Ranking embedding network, its presets, and checkpoints.
 
 - :mod:`.multiscale`: :class:`MultiScaleNet` (paper Fig. 3) and :func:`build_model`.
-- :mod:`.presets`: the ``paper`` and ``small`` architecture configurations.
+- :mod:`.presets`: the ``paper``, ``small`` and ``lite0`` architecture configurations.
+- :mod:`.efficientnet_lite`: the ImageNet-pretrained EfficientNet-Lite0 trunk of ``lite0`` and its loader.
 - :mod:`.weights`: reading a user's weight file for the ConvNet branch.
 - :mod:`.checkpoint`: safetensors weights + JSON config on disk; :func:`load_model`, :func:`resolve_model`.
 """

