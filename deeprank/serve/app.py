@@ -315,4 +315,3 @@ def _version() -> str:
         return str(__version__)
     except ImportError:
         return "0"
-
