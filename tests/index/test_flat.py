@@ -27,8 +27,19 @@ def assert_exact(index: FlatIndex, q: np.ndarray, x: np.ndarray, keys: np.ndarra
     assert dist.dtype == np.float32 and got.dtype == np.int64 and got.shape == (q.shape[0], k)
     # Distances are recomputed in float64 and rounded once: equal to the reference up to float32 rounding.
     np.testing.assert_allclose(dist, want_d, rtol=3e-7, atol=1e-6)
-    # Gaussian data has no float32-level near ties, so the keys are those of the reference rows.
-    np.testing.assert_array_equal(got, keys[want_rows])
+    row_of = {int(key): r for r, key in enumerate(keys)}
+    rows = np.vectorize(row_of.__getitem__)(got)
+    assert all(len(set(r)) == k for r in rows.tolist()), "a key came back twice"
+    mine = ((q[:, None, :].astype(np.float64) - x[rows].astype(np.float64)) ** 2).sum(axis=2)
+    np.testing.assert_allclose(mine, want_d, rtol=1e-6, atol=1e-6)  # each key really is at its rank
+    # Where a reference distance is clear of its neighbours by more than float32 rounding, the keys are
+    # those of the reference rows (within a float32 tie, rows go by index: the reference may differ).
+    sep = np.diff(want_d, axis=1) > 1e-6 * np.abs(want_d[:, 1:]) + 1e-6
+    clear = np.ones(want_d.shape, dtype=bool)
+    clear[:, 1:] &= sep
+    clear[:, :-1] &= sep
+    np.testing.assert_array_equal(got[clear], keys[want_rows][clear])
+    assert clear.mean() > 0.9  # the check above covers nearly everything
 
 
 def test_is_a_backend():
