@@ -87,8 +87,6 @@ def cmd_query(args: argparse.Namespace) -> int:
     from .index import Index
 
     index = Index.load(args.index, model=args.model, verify=not args.no_verify)
-    if args.k > len(index):
-        raise DeeprankError(f"-k {args.k} is larger than the index ({len(index)} items)")
     from .embedding import list_folder
 
     queries: list[str] = []

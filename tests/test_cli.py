@@ -106,7 +106,7 @@ def test_user_errors_are_one_line(capsys, data, tmp_path):
     run(capsys, "index", "-m", ckpt, root / "images", "-o", tmp_path / "idx", "--no-progress")
     query = sorted((root / "images" / "Coat").glob("*.png"))[0]
     code, _, err = run(capsys, "query", tmp_path / "idx", query, "-k", "500")
-    assert_one_line_error(code, err, "larger than the index (120 items)")
+    assert_one_line_error(code, err, "the number of items in the index (120), got 500")
     bad = tmp_path / "fake.png"
     bad.write_text("hello")
     code, _, err = run(capsys, "query", tmp_path / "idx", bad)

@@ -1,11 +1,12 @@
-"""Index: search, add/remove, atomic save/load round trips, corrupted and mismatched files, export."""
+"""Index: ids over keyed backends: search, add/remove, approximate backends, save/load round trips, export."""
 
 import json
 
 import numpy as np
 import pytest
+import torch
 
-from deeprank import Index
+from deeprank import FlatIndex, Index
 from deeprank.errors import DeeprankError, IndexFormatError, ModelMismatchError
 from deeprank.ops.reference import topk_reference
 
@@ -34,10 +35,11 @@ def test_search_matches_reference_and_maps_ids(rng):
 
 def test_k_larger_than_index_and_bad_queries(rng):
     index = make_index(rng, n=5, d=3)
-    with pytest.raises(ValueError, match="larger than the index"):
-        index.search(np.zeros(3, np.float32), k=6)
-    with pytest.raises(ValueError, match="positive integer"):
-        index.search(np.zeros(3, np.float32), k=0)
+    for k in (0, 6):
+        with pytest.raises(ValueError, match=r"between 1 and the number of items in the index \(5\)"):
+            index.search(np.zeros(3, np.float32), k=k)
+    with pytest.raises(TypeError, match="k must be an int"):
+        index.search(np.zeros(3, np.float32), k=2.0)
     with pytest.raises(ValueError, match="cannot search"):
         index.search(np.zeros((2, 4), np.float32), k=1)
     with pytest.raises(DeeprankError, match="no model"):
@@ -109,14 +111,7 @@ def saved(tmp_path, rng):
     return make_index(rng, n=20, d=5).save(tmp_path / "idx")
 
 
-def test_truncated_embeddings_fail_clearly(saved):
-    f = saved / "embeddings.npy"
-    f.write_bytes(f.read_bytes()[:-8])
-    with pytest.raises(IndexFormatError, match="truncated"):
-        Index.load(saved)
-
-
-def test_bad_checksum_fails_unless_verification_is_off(saved):
+def test_load_surfaces_format_errors(saved):
     f = saved / "embeddings.npy"
     data = bytearray(f.read_bytes())
     data[-1] ^= 0xFF
@@ -124,32 +119,18 @@ def test_bad_checksum_fails_unless_verification_is_off(saved):
     with pytest.raises(IndexFormatError, match="checksum"):
         Index.load(saved)
     assert len(Index.load(saved, verify=False)) == 20  # sizes and headers still checked
+    f.write_bytes(f.read_bytes()[:-8])
+    with pytest.raises(IndexFormatError, match="truncated"):
+        Index.load(saved, verify=False)
 
 
-@pytest.mark.parametrize(
-    "edit, message",
-    [
-        (lambda m: m.update(version=99), "format version 99"),
-        (lambda m: m.update(dim=6), "manifest says float32"),
-        (lambda m: m.update(format="other"), "not a deeprank index manifest"),
-        (lambda m: m["files"].pop("items.json"), "does not list items.json"),
-    ],
-)
-def test_manifest_mismatches_fail_clearly(saved, edit, message):
+def test_embeddings_not_matching_the_manifest(saved):
     manifest = json.loads((saved / "manifest.json").read_text())
-    edit(manifest)
+    manifest["dim"] = 6
     (saved / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IndexFormatError, match=message):
-        Index.load(saved)
-
-
-def test_missing_or_garbage_files(saved, tmp_path):
-    with pytest.raises(FileNotFoundError):
-        Index.load(tmp_path / "nope")
-    with pytest.raises(IndexFormatError, match="no manifest.json"):
-        Index.load(tmp_path)
-    (saved / "manifest.json").write_text("{not json")
-    with pytest.raises(IndexFormatError, match="corrupt"):
+    with pytest.raises(
+        IndexFormatError, match=r"holds float32 \(20, 5\); the manifest says float32 \(20, 6\)"
+    ):
         Index.load(saved)
 
 
@@ -209,7 +190,97 @@ def test_export_faiss_and_approximate_search(tmp_path, rng):
         index.build_approximate("lsh")
 
 
-def test_recall_at_k_hand_example():
-    from deeprank.index.faiss_index import recall_at_k
+def test_ids_follow_keys_through_removals_and_a_save(tmp_path, rng):
+    vectors = rng.normal(size=(30, 5)).astype(np.float32)
+    ids = [f"v{i}" for i in range(30)]
+    index = Index.from_vectors(vectors, ids=ids)
+    index.remove(["v0", "v7", "v8"])
+    index.add(vectors[7] + 1e-3, ids=["near7"])
+    kept = [i for i in range(30) if i not in (0, 7, 8)]
+    rows = np.concatenate([vectors[kept], vectors[7:8] + 1e-3])
+    names = [ids[i] for i in kept] + ["near7"]
+    q = rng.normal(size=(6, 5)).astype(np.float32)
+    res = index.search(q, 4)
+    _, want = topk_reference(q, rows, 4)
+    np.testing.assert_array_equal(res.indices, want)
+    assert res.ids == [[names[j] for j in row] for row in want]
+    assert index.search(vectors[7], 1).ids == [["near7"]]
+    np.testing.assert_array_equal(index.embeddings, rows)
+    np.testing.assert_array_equal(index.keys, [*kept, 30])  # keys are never renumbered
+    # Keys are no longer row positions after the removals: the save records them in keys.npy.
+    index.save(tmp_path / "idx")
+    assert set(json.loads((tmp_path / "idx" / "manifest.json").read_text())["files"]) == {
+        "embeddings.npy",
+        "keys.npy",
+        "items.json",
+    }
+    np.testing.assert_array_equal(np.load(tmp_path / "idx" / "embeddings.npy"), rows)  # row i = item i
+    loaded = Index.load(tmp_path / "idx")
+    assert loaded.ids == names and loaded.search(q, 4).ids == res.ids
+    np.testing.assert_array_equal(loaded.keys, index.keys)
+    loaded.add(vectors[0], ids=["back"])
+    assert loaded.search(vectors[0], 1).ids == [["back"]]
 
-    assert recall_at_k(np.array([[1, 2], [3, 4]]), np.array([[2, 1], [3, 5]])) == 0.75
+
+def test_model_hash_is_computed_once(rng, monkeypatch):
+    import deeprank.index.index as index_module
+
+    calls = []
+    real = index_module.config_hash
+    monkeypatch.setattr(index_module, "config_hash", lambda c: calls.append(c) or real(c))
+
+    class Model(torch.nn.Module):
+        config = {"preset": "small", "embedding_dim": 3}
+        embedding_dim = 3
+
+    index = Index(rng.normal(size=(4, 3)).astype(np.float32), model=Model())
+    assert len(calls) == 1 and index.model_hash == real(Model.config)
+    assert index.model_config == Model.config
+
+
+def test_any_backend_serves_approximate_search(tmp_path, rng):
+    index = make_index(rng, n=40, d=6)
+    q = rng.normal(size=(5, 6)).astype(np.float32)
+    with pytest.raises(DeeprankError, match="no approximate index"):
+        index.search(q, 3, approximate=True)
+    exact_copy = FlatIndex(np.array(index.embeddings), index.keys)  # interchangeable: exact in the slot
+    report = index.set_approximate(exact_copy, recall_queries=10, k=4)
+    assert report["recall@4"] == 1.0 and report["queries"] == 10
+    np.testing.assert_array_equal(index.search(q, 3, approximate=True).indices, index.search(q, 3).indices)
+    with pytest.raises(DeeprankError, match="FAISS approximate index only"):
+        index.save(tmp_path / "idx")
+    with pytest.raises(ValueError, match="holds 3 vectors"):
+        index.set_approximate(FlatIndex(np.zeros((3, 6), np.float32)))
+    index.add(q[:1], ids=["new"])  # changes reach every backend
+    assert index.search(q[0], 1, approximate=True).ids == [["new"]]
+    index.remove(["new"])
+    assert len(index.approximate_index) == 40
+
+
+def test_approximate_backend_follows_adds_and_is_dropped_on_removal(tmp_path, rng):
+    pytest.importorskip("faiss")
+    index = make_index(rng, n=300, d=8)
+    index.build_approximate("hnsw", recall_queries=50, k=5)
+    extra = rng.normal(size=(5, 8)).astype(np.float32) * 10
+    index.add(extra, ids=[f"x{i}" for i in range(5)])  # HNSW takes new vectors after its build
+    assert len(index.approximate_index) == 305
+    assert index.search(extra, 1, approximate=True).ids == [[f"x{i}"] for i in range(5)]
+    assert index.approximate_recall(queries=100, k=5)["recall@5"] > 0.9
+    index.remove(["x0"])  # FAISS cannot delete: the approximate backend is dropped, exact search goes on
+    assert index.approximate_index is None and len(index) == 304
+    with pytest.raises(DeeprankError, match="build_approximate"):
+        index.search(extra, 1, approximate=True)
+    # Rebuilt after the removal (keys are no longer row positions), saved and loaded: same answers.
+    index.build_approximate("hnsw", recall_queries=50, k=5)
+    expect = index.search(extra, 3, approximate=True)
+    assert expect.ids[1][0] == "x1"
+    loaded = Index.load(index.save(tmp_path / "idx"))
+    assert set(json.loads((tmp_path / "idx" / "manifest.json").read_text())["files"]) == {
+        "embeddings.npy",
+        "keys.npy",
+        "items.json",
+        "approximate.faiss",
+        "approximate.keys.npy",
+    }
+    got = loaded.search(extra, 3, approximate=True)
+    assert got.ids == expect.ids and np.array_equal(got.indices, expect.indices)

@@ -1,4 +1,4 @@
-"""deeprank.topk / FlatIndex against the float64 reference, on every SIMD variant, plus bad input."""
+"""deeprank.topk against the float64 reference, on every SIMD variant, plus bad input."""
 
 from __future__ import annotations
 
@@ -355,52 +355,6 @@ def test_workspace_bound_is_small():
         ws = _C.topk_workspace_bytes(1024, 1_000_000, 128, k, threads=2)
         assert ws < 200 * 2**20, (k, ws)
     assert _C.topk_workspace_bytes(1, 1_000_000, 128, 10, threads=2, norms_given=True) < 2**20
-
-
-# ---------------------------------------------------------------------------------------------------
-# FlatIndex
-
-
-def test_flat_index_search_add_len(rng):
-    q, x = random_case(rng, 8, 300, 16)
-    index = deeprank.FlatIndex(x[:100])
-    assert len(index) == 100 and index.dim == 16
-    for start in range(100, 300, 37):
-        index.add(x[start : start + 37])
-    assert len(index) == 300
-    np.testing.assert_array_equal(index.vectors, x)
-    np.testing.assert_allclose(index.norms, (x.astype(np.float64) ** 2).sum(1), rtol=1e-5)
-    dist, idx = index.search(q, 6)
-    assert_matches_reference(q, x, 6, dist, idx)
-    tdist, tidx = index.search(torch.from_numpy(q), 6, threads=1)
-    np.testing.assert_array_equal(tidx.numpy(), idx)
-    with pytest.raises(ValueError, match="D=16"):
-        index.add(np.zeros((2, 5), np.float32))
-    with pytest.raises(ValueError, match="k must be between"):
-        index.search(q, 301)
-
-
-def test_flat_index_copy_policy(rng):
-    x = rng.standard_normal((20, 4)).astype(np.float32)
-    owned = deeprank.FlatIndex(x)
-    borrowed = deeprank.FlatIndex(x, copy=False)
-    assert not np.shares_memory(owned.vectors, x)
-    assert np.shares_memory(borrowed.vectors, x)
-    borrowed.add(np.ones((1, 4), np.float32))  # moves into its own storage; x is untouched
-    assert not np.shares_memory(borrowed.vectors, x) and len(borrowed) == 21
-    from_torch = deeprank.FlatIndex(torch.from_numpy(x))
-    assert not np.shares_memory(from_torch.vectors, x)
-
-
-def test_flat_index_empty_start(rng):
-    index = deeprank.FlatIndex(np.empty((0, 3), np.float32))
-    assert len(index) == 0
-    with pytest.raises(ValueError, match="empty index"):
-        index.search(np.zeros((1, 3), np.float32), 1)
-    index.add(np.eye(3, dtype=np.float32))
-    dist, idx = index.search(np.eye(3, dtype=np.float32), 1)
-    np.testing.assert_array_equal(idx[:, 0], [0, 1, 2])
-    assert np.all(dist == 0)
 
 
 @pytest.mark.slow
