@@ -1,9 +1,9 @@
-// deeprank._cuda: the CUDA kernels behind deeprank/_cuda_ops.py.
+// deeprank._cuda: the CUDA kernels behind deeprank/ops/cuda.py.
 //
 // The module never sees a torch tensor: it takes device pointers (tensor.data_ptr()), shapes and a
 // stream handle (torch.cuda.current_stream().cuda_stream), so it links only the static CUDA
 // runtime and imports on machines without a GPU or driver. Argument checking (dtypes, devices,
-// contiguity, shapes) lives in deeprank/_cuda_ops.py; what is checked here is what the kernels need.
+// contiguity, shapes) lives in deeprank/ops/cuda.py; what is checked here is what the kernels need.
 // Errors: RuntimeError for CUDA failures, ValueError for sizes the kernels cannot take.
 #include <cuda_runtime.h>
 #include <pybind11/pybind11.h>
@@ -42,7 +42,7 @@ void check_dtype(const std::string& dtype) {
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "deeprank CUDA kernels (raw device pointers + stream handles; see deeprank/_cuda_ops.py)";
+  m.doc() = "deeprank CUDA kernels (raw device pointers + stream handles; see deeprank/ops/cuda.py)";
 #ifdef DEEPRANK_VERSION
   m.attr("__version__") = DEEPRANK_VERSION;
 #endif

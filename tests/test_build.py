@@ -1,9 +1,11 @@
 import threading
 
 import pytest
+import torch
 
 import deeprank
 from deeprank import _C
+from deeprank._build import cuda_module
 
 
 def test_build_info_fields():
@@ -64,3 +66,37 @@ def test_import_from_threads():
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_cuda_module_imports_and_reports_devices_without_crashing():
+    mod = cuda_module()
+    info = deeprank.build_info()
+    assert info["cuda_compiled"] == (mod is not None)
+    assert isinstance(info["cuda_devices"], int) and info["cuda_devices"] >= 0
+    if mod is None:
+        assert info["cuda_devices"] == 0
+        return
+    try:
+        count = mod.device_count()
+    except RuntimeError as e:  # no driver or no GPU: a clear message, and build_info says 0
+        assert str(e)
+        assert info["cuda_devices"] == 0
+    else:
+        assert count == info["cuda_devices"]
+    assert mod.lrn_max_size >= 5
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or cuda_module() is None, reason="needs torch with a GPU and _cuda"
+)
+def test_cuda_module_sees_the_gpu_torch_sees():
+    """Where torch has a GPU, deeprank._cuda must see it too (else every GPU test would skip quietly).
+
+    The usual cause is a driver older than the CUDA runtime deeprank._cuda was built with.
+    """
+    try:
+        count = cuda_module().device_count()
+    except RuntimeError as e:
+        pytest.fail(f"deeprank._cuda cannot use the GPU torch sees: {e}")
+    assert count == torch.cuda.device_count()

@@ -1,6 +1,9 @@
-// Argument checks at the binding boundary. Every array enters the extension through the buffer
-// protocol and is checked here once; messages name the argument and what was expected, e.g.
-// "queries must be a 2-D float32 array, got 3-D float64".
+// Precondition guards at the binding boundary. Every array enters the extension through the buffer
+// protocol and is checked here (element type, rank, C-contiguity) before the kernels read or write it
+// through a raw pointer, so a direct call of deeprank._C with a bad array raises instead of touching
+// memory it does not own. Messages name the argument and what was expected, e.g. "queries must be a
+// 2-D float32 array, got 3-D float64". The user-facing checks of the public API are in Python
+// (deeprank/ops/checks.py and the op modules), which validate and convert before calling here.
 #pragma once
 
 #include <pybind11/pybind11.h>

@@ -4,7 +4,11 @@
 #pragma once
 
 #ifdef DEEPRANK_CUDA_EMULATION
-#include "common/cuda_emulation.cuh"  // CPU emulation for tests (never in a build)
+// CPU emulation, for tests only (never in a build): tests/ops/emulation/*_emulation_main.cuh include
+// the emulator (tests/ops/emulation/cuda_emulation.cuh) before the .cu file they test.
+#ifndef DEEPRANK_CUDA_EMULATOR
+#error "include tests/ops/emulation/cuda_emulation.cuh before the .cu file"
+#endif
 #define DEEPRANK_LAUNCH(kernel, grid, threads, smem, stream) ::emu::launcher(kernel, grid, threads, smem)
 #else
 #include <cuda_runtime.h>

@@ -2,7 +2,7 @@
 // compiles with the host compiler. Every pointer is a device pointer on `device`; `stream` is a
 // cudaStream_t passed as an integer (torch.cuda.current_stream().cuda_stream). Nothing here
 // synchronises: the kernels are enqueued on `stream` and the call returns.
-// Arguments are validated in deeprank/_cuda_ops.py; these functions only check what the kernels
+// Arguments are validated in deeprank/ops/cuda.py; these functions only check what the kernels
 // themselves need (sizes that fit their index types, shared memory available on the device).
 #pragma once
 

@@ -15,7 +15,7 @@
 // each window is summed directly in channel order (nothing is ever subtracted, so a huge or non-finite
 // value only affects the windows that contain it). The backward recomputes the scale from x. Loads
 // are issued 8 channels ahead to keep enough bytes in flight. Sizes above 32 are refused here
-// (ValueError); deeprank/_cuda_ops.py sends those to torch's own ops on the GPU.
+// (ValueError); deeprank/ops/cuda.py sends those to torch's own ops on the GPU.
 // No workspace.
 #include <cstdint>
 #include <stdexcept>

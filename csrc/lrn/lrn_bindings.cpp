@@ -1,6 +1,7 @@
 // deeprank._C.lrn_forward / lrn_backward: [N, C, S] buffer-protocol arrays in ([N, S, C] with
 // channels_last), caller-allocated outputs.
-// All argument checks for the CPU kernels live here (the torch op wrapper checks tensors before).
+// The checks here are precondition guards for the raw-pointer kernels (shapes, dtypes, contiguity);
+// the user-facing argument checks are the torch op wrapper's (deeprank/ops/checks.py), run before.
 #include "lrn/lrn_bindings.h"
 
 #include <string>

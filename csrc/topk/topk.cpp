@@ -165,6 +165,353 @@ struct PhaseTimer {
   }
 };
 
+// gamma(j) = j u / (1 - j u), u = 2^-24 (float32's unit roundoff): the relative error bound of j
+// roundings in sequence (Higham, Accuracy and Stability of Numerical Algorithms, 3.1). +inf once
+// j u >= 1/2, where no bound is claimed.
+double gamma32(int64_t j) {
+  const double ju = std::ldexp(static_cast<double>(j), -24);
+  return ju < 0.5 ? ju / (1.0 - ju) : std::numeric_limits<double>::infinity();
+}
+
+// The candidate window of one query: a row is kept while its computed f is within this of the k-th
+// smallest computed f seen, and every row of the final k passes. With X = ||x||^2, Q = ||q||^2, ^ for
+// computed values and X_max the largest X of a non-special row:
+//
+// 1. Each term of a dot product passes at most d roundings. The lanes kernel runs one FMA chain of d
+//    steps per (query, row). topk_row_norms (every norm) and the row kernel run W lane chains of
+//    ceil(d/W) steps (an FMA, or on SSE2 a multiply and an add whose first add, to a zero
+//    accumulator, is exact) and then a halving tree of log2 W adds in which adding an all-zero lane is
+//    exact: ceil(d/W) + ceil(log2 min(d, W)) <= d roundings (W = 4, 8 or 16). So
+//    |X^ - X| <= gamma(d) X and |s^ - q.x| <= gamma(d) sum |q_i x_i| <= gamma(d) ||q|| ||x||.
+// 2. f^ = fl(X^ - 2 s^): doubling is exact (norms < kHuge: no overflow) and the subtraction, or the
+//    FMA it may be contracted into, rounds once: |f^ - f| <= gamma(d + 1) (X + 2 ||q|| ||x||)
+//    <= gamma(d + 1) (Q + 2 X_max) =: B for every non-special row.
+// 3. Results are the k smallest e = float32(float64 sum (q - x)^2) = D (1 + eps), D = Q + f the true
+//    distance, |eps| < 1.01 u (d + 1 float64 roundings, then one to float32; d < 2^23). Let e_k be the
+//    k-th smallest e.
+//    A result row y has f(y) <= e_k / (1 - eps) - Q; at least N - k + 1 rows z have
+//    f^(z) >= e_k / (1 + eps) - Q - B, so the k-th smallest f^ is >= that too. Hence
+//    f^(y) - (k-th smallest f^) <= 2B + 2 eps e_k / (1 - eps^2) <= 2B + 4 gamma(2) (Q + X_max)
+//    (e_k <= (1 + eps) D and D <= 2 (Q + X)); the second term is needed because equal e order by
+//    index, so a row with a larger true D can win a tie.
+// 4. 2B + 4 gamma(2) (Q + X) <= 4 (gamma(d + 1) + gamma(2)) (Q + X) <= 4 gamma(d + 3) (Q + X), and
+//    Q <= Q^ / (1 - gamma(d)), X_max <= X^_max / (1 - gamma(d)) (the norms are computed as in 1.).
+//    gamma(d + 3) exceeds gamma(d + 1) + gamma(2) by a relative margin of about u, far above the
+//    float64 rounding of evaluating this bound; the conversion to float32 rounds up.
+// 5. Underflow: products below 2^-126 lose up to 2^-150 each beyond the relative bound (adds of
+//    subnormals are exact); the 3d + 1 products and FMAs behind f^, twice, and e's own rounding stay
+//    below (d + 1) 2^-147 (1 + gamma(d + 1)), which is added.
+// A buffer's threshold is its k-th smallest f^ (of a subset: never below the k-th smallest overall)
+// plus this, rounded up (nextafter), so no result row is ever dropped. The bound assumes database
+// norms as accurate as squared_norms' (given norms are documented to be ||x_i||^2).
+float candidate_slack(float qn, float xn_max, int64_t d) {
+  const double g = gamma32(d);
+  const double relative = 4.0 * gamma32(d + 3) * (static_cast<double>(qn) + xn_max) / (1.0 - g);
+  const double underflow = std::ldexp(static_cast<double>(d + 1), -147) * (1.0 + gamma32(d + 1));
+  const double slack = relative + underflow;
+  const float inf = std::numeric_limits<float>::infinity();
+  if (!(slack < FLT_MAX)) return inf;  // also NaN (gamma infinite, d >= 2^23): keep every row
+  const float rounded = static_cast<float>(slack);
+  return static_cast<double>(rounded) < slack ? std::nextafter(rounded, inf) : rounded;
+}
+
+// Everything one search shares from phase to phase. topk_search runs the phases in order; each
+// fills the fields under its name and reads only those of earlier phases.
+struct TopkWork {
+  TopkWork(const float* queries_, int64_t m_, const float* database_, int64_t n_, int64_t d_, int64_t k_,
+           float* out_dist_, int64_t* out_idx_, int threads_)
+      : queries(queries_), m(m_), database(database_), n(n_), d(d_), k(k_), out_dist(out_dist_),
+        out_idx(out_idx_), threads(threads_) {}
+
+  // The call.
+  const float* const queries;
+  const int64_t m;
+  const float* const database;
+  const int64_t n, d, k;
+  float* const out_dist;
+  int64_t* const out_idx;
+  const int threads;
+
+  // prepare_database: the norms the kernels read (NaN for special rows: rows whose norm is not
+  // finite or huge, which the kernels then reject and the exact pass evaluates), their largest
+  // finite value, and the special rows.
+  const float* xn = nullptr;
+  std::vector<float> own_norms;  // xn's storage when computed here or when special rows are masked
+  float xn_max = 0.0f;
+  std::vector<int64_t> special;
+
+  // split_queries: query norms; the queries for the blocked scan ("normal") and those with inf or
+  // huge values ("odd", answered by brute force). NaN queries are answered on the spot.
+  std::vector<float> qn;
+  std::vector<int64_t> normal, odd;
+
+  // plan_scan: per normal query the candidate window (slack), the blocking, and one candidate
+  // buffer per (database split, normal query).
+  std::vector<float> slack;
+  Plan plan;
+  int64_t rows_per_split = 0;
+  std::vector<Candidates> cand;
+
+  // merge_splits: the rows each normal query keeps for the exact pass.
+  std::vector<std::vector<int64_t>> final_rows;
+
+  // exact_distances: exact[offset[t] + j] is the distance of normal query t to final_rows[t][j].
+  std::vector<int64_t> offset;
+  std::vector<float> exact;
+
+  int64_t mq() const { return static_cast<int64_t>(normal.size()); }
+  Candidates& candidates(int64_t split, int64_t t) { return cand[split * mq() + t]; }
+};
+
+void prepare_database(TopkWork& w, const float* database_norms) {
+  w.xn = database_norms;
+  if (w.xn == nullptr) {
+    w.own_norms.resize(static_cast<size_t>(w.n));
+    squared_norms(w.database, w.n, w.d, w.own_norms.data(), w.threads);
+    w.xn = w.own_norms.data();
+  }
+  for (int64_t i = 0; i < w.n; ++i) {
+    const float v = w.xn[i];
+    if (v >= 0.0f && v < kHuge) {
+      w.xn_max = std::max(w.xn_max, v);
+    } else {
+      w.special.push_back(i);
+    }
+  }
+  if (!w.special.empty()) {
+    if (w.own_norms.empty()) w.own_norms.assign(w.xn, w.xn + w.n);
+    for (int64_t i : w.special) w.own_norms[i] = std::numeric_limits<float>::quiet_NaN();
+    w.xn = w.own_norms.data();
+  }
+}
+
+void split_queries(TopkWork& w) {
+  w.qn.resize(static_cast<size_t>(w.m));
+  squared_norms(w.queries, w.m, w.d, w.qn.data(), w.threads);
+  for (int64_t i = 0; i < w.m; ++i) {
+    if (std::isnan(w.qn[i])) {
+      // Every distance is NaN, so the order is by index.
+      for (int64_t j = 0; j < w.k; ++j) {
+        w.out_dist[i * w.k + j] = std::numeric_limits<float>::quiet_NaN();
+        w.out_idx[i * w.k + j] = j;
+      }
+    } else if (w.qn[i] < kHuge) {
+      w.normal.push_back(i);
+    } else {
+      w.odd.push_back(i);
+    }
+  }
+}
+
+void brute_force_odd_queries(const TopkWork& w) {
+  parallel_for(
+      static_cast<int64_t>(w.odd.size()), 1,
+      [&](int64_t b, int64_t e) {
+        for (int64_t t = b; t < e; ++t) {
+          const int64_t i = w.odd[t];
+          brute_force(w.queries + i * w.d, w.database, w.n, w.d, w.k, w.out_dist + i * w.k, w.out_idx + i * w.k);
+        }
+      },
+      w.threads);
+}
+
+void plan_scan(TopkWork& w) {
+  const int64_t mq = w.mq();
+  w.slack.resize(static_cast<size_t>(mq));
+  for (int64_t t = 0; t < mq; ++t) w.slack[t] = candidate_slack(w.qn[w.normal[t]], w.xn_max, w.d);
+  w.plan = make_plan(mq, w.n, w.d, w.threads);
+  w.rows_per_split = round_up(ceil_div(w.n, w.plan.splits), kRowStep);
+  w.cand.resize(static_cast<size_t>(mq * w.plan.splits));
+}
+
+// One scan worker's buffers, reused across its work items.
+struct ScanScratch {
+  std::vector<float> qpack;  // packed queries of one item (lanes kernel) or their rows (row kernel)
+  std::vector<float> thr;
+  std::vector<Candidates*> lane_cand;
+  CandidateSink sink;
+};
+
+// Few queries: normal queries [q0, q1) against database rows [r0, r1) with the row kernel.
+void scan_item_rows(TopkWork& w, int64_t split, int64_t q0, int64_t q1, int64_t r0, int64_t r1, ScanScratch& s) {
+  const int64_t d = w.d, nq = q1 - q0;
+  s.qpack.resize(static_cast<size_t>(nq * d));
+  s.thr.assign(static_cast<size_t>(nq), FLT_MAX);
+  s.lane_cand.resize(static_cast<size_t>(nq));
+  for (int64_t t = 0; t < nq; ++t) {
+    const float* src = w.queries + w.normal[q0 + t] * d;
+    std::copy(src, src + d, s.qpack.begin() + t * d);
+    s.lane_cand[t] = &w.candidates(split, q0 + t);
+  }
+  s.sink.lanes = s.lane_cand.data();
+  s.sink.thr = s.thr.data();
+  DEEPRANK_ISA_CALL(topk_scan_rows, s.qpack.data(), static_cast<int>(nq), d, w.database, w.xn, r0, r1, s.thr.data(),
+                    s.sink);
+}
+
+// Many queries: normal queries [q0, q1) against database rows [r0, r1) with the packed-lanes
+// kernel, tile by tile, every query block per tile.
+void scan_item_lanes(TopkWork& w, int64_t split, int64_t q0, int64_t q1, int64_t r0, int64_t r1, ScanScratch& s) {
+  const int64_t d = w.d, nq = q1 - q0, L = w.plan.lanes;
+  const int64_t blocks = ceil_div(nq, L);
+  // Pack the queries lane-major: block u holds queries q0 + u*L + l in lane l, at [c][l].
+  s.qpack.assign(static_cast<size_t>(blocks * L * d), 0.0f);
+  s.thr.assign(static_cast<size_t>(blocks * L), std::numeric_limits<float>::quiet_NaN());  // NaN: lane unused
+  s.lane_cand.assign(static_cast<size_t>(blocks * L), nullptr);
+  for (int64_t t = 0; t < nq; ++t) {
+    const int64_t u = t / L, l = t % L;
+    const float* src = w.queries + w.normal[q0 + t] * d;
+    float* dst = s.qpack.data() + u * L * d + l;
+    for (int64_t c = 0; c < d; ++c) dst[c * L] = src[c];
+    s.thr[u * L + l] = FLT_MAX;
+    s.lane_cand[u * L + l] = &w.candidates(split, q0 + t);
+  }
+  for (int64_t t0 = r0; t0 < r1; t0 += w.plan.tile) {
+    const int64_t t1 = std::min(r1, t0 + w.plan.tile);
+    for (int64_t u = 0; u < blocks; ++u) {
+      s.sink.lanes = s.lane_cand.data() + u * L;
+      s.sink.thr = s.thr.data() + u * L;
+      DEEPRANK_ISA_CALL(topk_scan_lanes, s.qpack.data() + u * L * d, static_cast<int>(L), d, w.database, w.xn, t0, t1,
+                        s.thr.data() + u * L, s.sink);
+    }
+  }
+}
+
+// The blocked scan: work items (query block x database split) handed out dynamically; each fills
+// the candidate buffers of its queries within its split.
+void scan(TopkWork& w) {
+  const Plan& p = w.plan;
+  const int64_t mq = w.mq(), items = p.qblocks * p.splits;
+  std::atomic<int64_t> next{0};
+  const int workers = static_cast<int>(std::min<int64_t>(w.threads, items));
+  parallel_run(workers, [&](int, int) {
+    ScanScratch scratch;
+    for (;;) {
+      const int64_t item = next.fetch_add(1, std::memory_order_relaxed);
+      if (item >= items) return;
+      const int64_t qb = item / p.splits, split = item % p.splits;
+      const int64_t q0 = qb * p.qblock, q1 = std::min(mq, q0 + p.qblock);
+      const int64_t r0 = std::min(w.n, split * w.rows_per_split), r1 = std::min(w.n, r0 + w.rows_per_split);
+      if (r0 >= r1 || q1 <= q0) continue;
+      for (int64_t t = q0; t < q1; ++t) w.candidates(split, t).init(w.k, w.slack[t]);
+      if (p.few) {
+        scan_item_rows(w, split, q0, q1, r0, r1, scratch);
+      } else {
+        scan_item_lanes(w, split, q0, q1, r0, r1, scratch);
+      }
+    }
+  });
+}
+
+// Merges the splits of each query and keeps the rows within the slack of the k-th best f, plus the
+// special rows.
+void merge_splits(TopkWork& w) {
+  const int64_t mq = w.mq(), k = w.k;
+  w.final_rows.resize(static_cast<size_t>(mq));
+  parallel_for(
+      mq, 16,
+      [&](int64_t b, int64_t e) {
+        std::vector<float> f, tmp;
+        for (int64_t t = b; t < e; ++t) {
+          std::vector<int64_t>& rows = w.final_rows[t];
+          f.clear();
+          for (int64_t s = 0; s < w.plan.splits; ++s) {
+            Candidates& c = w.candidates(s, t);
+            f.insert(f.end(), c.f.begin(), c.f.end());
+            rows.insert(rows.end(), c.idx.begin(), c.idx.end());
+            c = Candidates();  // free early
+          }
+          if (static_cast<int64_t>(f.size()) >= k) {
+            tmp.assign(f.begin(), f.end());
+            std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end());
+            const float window = std::nextafter(tmp[k - 1] + w.slack[t], FLT_MAX);
+            size_t kept = 0;
+            for (size_t j = 0; j < f.size(); ++j) {
+              if (f[j] <= window) rows[kept++] = rows[j];
+            }
+            rows.resize(kept);
+          }
+          rows.insert(rows.end(), w.special.begin(), w.special.end());
+        }
+      },
+      w.threads);
+}
+
+// Exact distances of every (query, candidate row) pair, grouped by database region so each row is
+// fetched from memory once for all the queries that kept it (k = 1000 and M = 1024 make a million
+// pairs: gathered per query they would re-read the database many times over).
+void exact_distances(TopkWork& w) {
+  const int64_t mq = w.mq(), d = w.d;
+  w.offset.assign(static_cast<size_t>(mq) + 1, 0);
+  for (int64_t t = 0; t < mq; ++t) w.offset[t + 1] = w.offset[t] + static_cast<int64_t>(w.final_rows[t].size());
+  const int64_t pairs = w.offset[mq];
+  w.exact.resize(static_cast<size_t>(pairs));
+  // Pairs are in query order within a region, so a query's row is reused for all its pairs there.
+  const int64_t region = std::max<int64_t>(1, kRegionBytes / (4 * d));
+  const int64_t regions = ceil_div(w.n, region);
+  std::vector<int64_t> start(static_cast<size_t>(regions) + 1, 0);
+  for (int64_t t = 0; t < mq; ++t) {
+    for (int64_t r : w.final_rows[t]) ++start[r / region + 1];
+  }
+  for (int64_t g = 0; g < regions; ++g) start[g + 1] += start[g];
+  std::vector<int64_t> pos(start.begin(), start.end() - 1);
+  std::vector<int64_t> pair_slot(static_cast<size_t>(pairs));
+  std::vector<int32_t> pair_query(static_cast<size_t>(pairs));
+  for (int64_t t = 0; t < mq; ++t) {
+    const std::vector<int64_t>& rows = w.final_rows[t];
+    for (size_t j = 0; j < rows.size(); ++j) {
+      const int64_t at = pos[rows[j] / region]++;
+      pair_slot[at] = w.offset[t] + static_cast<int64_t>(j);
+      pair_query[at] = static_cast<int32_t>(t);
+    }
+  }
+  parallel_for(
+      regions, 1,
+      [&](int64_t b, int64_t e) {
+        for (int64_t at = start[b]; at < start[e]; ++at) {
+          const int64_t t = pair_query[at], slot = pair_slot[at];
+          const int64_t row = w.final_rows[t][slot - w.offset[t]];
+          w.exact[slot] = static_cast<float>(
+              DEEPRANK_ISA_CALL(topk_exact_sqdist, w.queries + w.normal[t] * d, w.database + row * d, d));
+        }
+      },
+      w.threads);
+}
+
+// Sorts each normal query's candidates by (exact distance, index) and writes the k best.
+void sort_and_write(const TopkWork& w) {
+  const int64_t k = w.k;
+  parallel_for(
+      w.mq(), 16,
+      [&](int64_t b, int64_t e) {
+        std::vector<int64_t> order;
+        for (int64_t t = b; t < e; ++t) {
+          const int64_t i = w.normal[t];
+          const std::vector<int64_t>& rows = w.final_rows[t];
+          const float* dist = w.exact.data() + w.offset[t];
+          float* od = w.out_dist + i * k;
+          int64_t* oi = w.out_idx + i * k;
+          if (static_cast<int64_t>(rows.size()) < k) {
+            brute_force(w.queries + i * w.d, w.database, w.n, w.d, k, od, oi);  // safety net (e.g. wrong norms)
+            continue;
+          }
+          order.resize(rows.size());
+          for (size_t j = 0; j < rows.size(); ++j) order[j] = static_cast<int64_t>(j);
+          const auto less = [&](int64_t a, int64_t c) { return result_before(dist[a], rows[a], dist[c], rows[c]); };
+          if (static_cast<int64_t>(rows.size()) <= 2 * k) {
+            std::sort(order.begin(), order.end(), less);
+          } else {
+            std::partial_sort(order.begin(), order.begin() + k, order.end(), less);
+          }
+          for (int64_t j = 0; j < k; ++j) {
+            od[j] = dist[order[j]];
+            oi[j] = rows[order[j]];
+          }
+        }
+      },
+      w.threads);
+}
+
 }  // namespace
 
 void squared_norms(const float* x, int64_t n, int64_t d, float* out, int threads) {
@@ -186,241 +533,21 @@ size_t topk_workspace_bytes(int64_t m, int64_t n, int64_t d, int64_t k, int thre
 void topk_search(const float* queries, int64_t m, const float* database, int64_t n, int64_t d,
                  const float* database_norms, int64_t k, float* out_dist, int64_t* out_idx, int threads) {
   if (m <= 0) return;
-  if (threads <= 0) threads = get_num_threads();
+  TopkWork w(queries, m, database, n, d, k, out_dist, out_idx, threads > 0 ? threads : get_num_threads());
   PhaseTimer timer;
-
-  // Database norms; rows whose norm is not finite or huge are set aside ("special" rows).
-  std::vector<float> own_norms;
-  const float* xn = database_norms;
-  if (xn == nullptr) {
-    own_norms.resize(static_cast<size_t>(n));
-    squared_norms(database, n, d, own_norms.data(), threads);
-    xn = own_norms.data();
-  }
-  std::vector<int64_t> special;
-  float xn_max = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = xn[i];
-    if (v >= 0.0f && v < kHuge) {
-      xn_max = std::max(xn_max, v);
-    } else {
-      special.push_back(i);
-    }
-  }
-  if (!special.empty()) {
-    // NaN norms make the kernels reject these rows; they are evaluated exactly at the end instead.
-    if (own_norms.empty()) own_norms.assign(xn, xn + n);
-    for (int64_t i : special) own_norms[i] = std::numeric_limits<float>::quiet_NaN();
-    xn = own_norms.data();
-  }
-
-  std::vector<float> qn(static_cast<size_t>(m));
-  squared_norms(queries, m, d, qn.data(), threads);
-  std::vector<int64_t> normal;  // queries for the blocked scan
-  std::vector<int64_t> odd;     // queries with inf or huge values: brute force
-  for (int64_t i = 0; i < m; ++i) {
-    float* od = out_dist + i * k;
-    int64_t* oi = out_idx + i * k;
-    if (std::isnan(qn[i])) {
-      // Every distance is NaN, so the order is by index.
-      for (int64_t j = 0; j < k; ++j) {
-        od[j] = std::numeric_limits<float>::quiet_NaN();
-        oi[j] = j;
-      }
-    } else if (qn[i] < kHuge) {
-      normal.push_back(i);
-    } else {
-      odd.push_back(i);
-    }
-  }
-  parallel_for(
-      static_cast<int64_t>(odd.size()), 1,
-      [&](int64_t b, int64_t e) {
-        for (int64_t t = b; t < e; ++t) {
-          const int64_t i = odd[t];
-          brute_force(queries + i * d, database, n, d, k, out_dist + i * k, out_idx + i * k);
-        }
-      },
-      threads);
-
-  const int64_t mq = static_cast<int64_t>(normal.size());
+  prepare_database(w, database_norms);
+  split_queries(w);
+  brute_force_odd_queries(w);
   timer.mark("prepare");
-  if (mq == 0) return;
-
-  // Rigorous bound on the float32 error of f = ||x||^2 - 2 q.x (both dot products accumulate at
-  // most d rounded terms): |err| <= (d + 1) * 2^-23 * (||q||^2 + ||x||^2). A row can be among the
-  // true k best only if its f is within twice that of the k-th smallest f.
-  std::vector<float> slack(static_cast<size_t>(mq));
-  const double unit = static_cast<double>(d + 4) * std::ldexp(1.0, -23);
-  for (int64_t t = 0; t < mq; ++t) slack[t] = static_cast<float>(2.0 * unit * (qn[normal[t]] + xn_max));
-
-  const Plan p = make_plan(mq, n, d, threads);
-  std::vector<Candidates> cand(static_cast<size_t>(mq * p.splits));
-  const int64_t rows_per_split = round_up(ceil_div(n, p.splits), kRowStep);
-  const int64_t items = p.qblocks * p.splits;
-  std::atomic<int64_t> next{0};
-  const int workers = static_cast<int>(std::min<int64_t>(threads, items));
-
-  parallel_run(workers, [&](int, int) {
-    std::vector<float> qpack;  // packed queries of one item (lanes kernel) or their rows (row kernel)
-    std::vector<float> thr;
-    std::vector<Candidates*> lane_cand;
-    CandidateSink sink;
-    for (;;) {
-      const int64_t item = next.fetch_add(1, std::memory_order_relaxed);
-      if (item >= items) return;
-      const int64_t qb = item / p.splits, s = item % p.splits;
-      const int64_t q0 = qb * p.qblock, q1 = std::min(mq, q0 + p.qblock);
-      const int64_t r0 = std::min(n, s * rows_per_split), r1 = std::min(n, r0 + rows_per_split);
-      const int64_t nq = q1 - q0;
-      if (r0 >= r1 || nq <= 0) continue;
-      for (int64_t t = q0; t < q1; ++t) cand[s * mq + t].init(k, slack[t]);
-
-      if (p.few) {
-        qpack.resize(static_cast<size_t>(nq * d));
-        thr.assign(static_cast<size_t>(nq), FLT_MAX);
-        lane_cand.resize(static_cast<size_t>(nq));
-        for (int64_t t = 0; t < nq; ++t) {
-          std::copy(queries + normal[q0 + t] * d, queries + (normal[q0 + t] + 1) * d, qpack.begin() + t * d);
-          lane_cand[t] = &cand[s * mq + q0 + t];
-        }
-        sink.lanes = lane_cand.data();
-        sink.thr = thr.data();
-        DEEPRANK_ISA_CALL(topk_scan_rows, qpack.data(), static_cast<int>(nq), d, database, xn, r0, r1, thr.data(),
-                          sink);
-        continue;
-      }
-
-      // Pack the queries lane-major: block u holds queries q0 + u*lanes + l in lane l, at [c][l].
-      const int64_t L = p.lanes;
-      const int64_t blocks = ceil_div(nq, L);
-      qpack.assign(static_cast<size_t>(blocks * L * d), 0.0f);
-      thr.assign(static_cast<size_t>(blocks * L), std::numeric_limits<float>::quiet_NaN());  // NaN: lane unused
-      lane_cand.assign(static_cast<size_t>(blocks * L), nullptr);
-      for (int64_t t = 0; t < nq; ++t) {
-        const int64_t u = t / L, l = t % L;
-        const float* src = queries + normal[q0 + t] * d;
-        float* dst = qpack.data() + u * L * d + l;
-        for (int64_t c = 0; c < d; ++c) dst[c * L] = src[c];
-        thr[u * L + l] = FLT_MAX;
-        lane_cand[u * L + l] = &cand[s * mq + q0 + t];
-      }
-      for (int64_t t0 = r0; t0 < r1; t0 += p.tile) {
-        const int64_t t1 = std::min(r1, t0 + p.tile);
-        for (int64_t u = 0; u < blocks; ++u) {
-          sink.lanes = lane_cand.data() + u * L;
-          sink.thr = thr.data() + u * L;
-          DEEPRANK_ISA_CALL(topk_scan_lanes, qpack.data() + u * L * d, static_cast<int>(L), d, database, xn, t0, t1,
-                            thr.data() + u * L, sink);
-        }
-      }
-    }
-  });
-
+  if (w.normal.empty()) return;
+  plan_scan(w);
+  scan(w);
   timer.mark("scan");
-  // 1. Merge the splits of each query and keep the rows within the slack of the k-th best f, plus
-  //    the special rows.
-  std::vector<std::vector<int64_t>> final_rows(static_cast<size_t>(mq));
-  parallel_for(
-      mq, 16,
-      [&](int64_t b, int64_t e) {
-        std::vector<float> f, tmp;
-        for (int64_t t = b; t < e; ++t) {
-          std::vector<int64_t>& rows = final_rows[t];
-          f.clear();
-          for (int64_t s = 0; s < p.splits; ++s) {
-            Candidates& c = cand[s * mq + t];
-            f.insert(f.end(), c.f.begin(), c.f.end());
-            rows.insert(rows.end(), c.idx.begin(), c.idx.end());
-            c = Candidates();  // free early
-          }
-          if (static_cast<int64_t>(f.size()) >= k) {
-            tmp.assign(f.begin(), f.end());
-            std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end());
-            const float window = std::nextafter(tmp[k - 1] + slack[t], FLT_MAX);
-            size_t kept = 0;
-            for (size_t j = 0; j < f.size(); ++j) {
-              if (f[j] <= window) rows[kept++] = rows[j];
-            }
-            rows.resize(kept);
-          }
-          rows.insert(rows.end(), special.begin(), special.end());
-        }
-      },
-      threads);
-
+  merge_splits(w);
   timer.mark("merge");
-  // 2. Exact distances of every (query, candidate row) pair, grouped by database region so each
-  //    row is fetched from memory once for all the queries that kept it (k = 1000 and M = 1024 make
-  //    a million pairs: gathered per query they would re-read the database many times over).
-  std::vector<int64_t> offset(static_cast<size_t>(mq) + 1, 0);
-  for (int64_t t = 0; t < mq; ++t) offset[t + 1] = offset[t] + static_cast<int64_t>(final_rows[t].size());
-  const int64_t pairs = offset[mq];
-  std::vector<float> exact(static_cast<size_t>(pairs));
-  {
-    // Pairs are in query order within a region, so a query's row is reused for all its pairs there.
-    const int64_t region = std::max<int64_t>(1, kRegionBytes / (4 * d));
-    const int64_t regions = ceil_div(n, region);
-    std::vector<int64_t> start(static_cast<size_t>(regions) + 1, 0);
-    for (int64_t t = 0; t < mq; ++t) {
-      for (int64_t r : final_rows[t]) ++start[r / region + 1];
-    }
-    for (int64_t g = 0; g < regions; ++g) start[g + 1] += start[g];
-    std::vector<int64_t> pos(start.begin(), start.end() - 1);
-    std::vector<int64_t> pair_slot(static_cast<size_t>(pairs));
-    std::vector<int32_t> pair_query(static_cast<size_t>(pairs));
-    for (int64_t t = 0; t < mq; ++t) {
-      const std::vector<int64_t>& rows = final_rows[t];
-      for (size_t j = 0; j < rows.size(); ++j) {
-        const int64_t at = pos[rows[j] / region]++;
-        pair_slot[at] = offset[t] + static_cast<int64_t>(j);
-        pair_query[at] = static_cast<int32_t>(t);
-      }
-    }
-    parallel_for(
-        regions, 1,
-        [&](int64_t b, int64_t e) {
-          for (int64_t at = start[b]; at < start[e]; ++at) {
-            const int64_t t = pair_query[at], slot = pair_slot[at];
-            const int64_t row = final_rows[t][slot - offset[t]];
-            exact[slot] = static_cast<float>(
-                DEEPRANK_ISA_CALL(topk_exact_sqdist, queries + normal[t] * d, database + row * d, d));
-          }
-        },
-        threads);
-  }
-
+  exact_distances(w);
   timer.mark("exact");
-  // 3. Sort each query's candidates by (exact distance, index) and write the k best.
-  parallel_for(
-      mq, 16,
-      [&](int64_t b, int64_t e) {
-        std::vector<int64_t> order;
-        for (int64_t t = b; t < e; ++t) {
-          const int64_t i = normal[t];
-          const std::vector<int64_t>& rows = final_rows[t];
-          const float* dist = exact.data() + offset[t];
-          float* od = out_dist + i * k;
-          int64_t* oi = out_idx + i * k;
-          if (static_cast<int64_t>(rows.size()) < k) {
-            brute_force(queries + i * d, database, n, d, k, od, oi);  // safety net (e.g. wrong norms)
-            continue;
-          }
-          order.resize(rows.size());
-          for (size_t j = 0; j < rows.size(); ++j) order[j] = static_cast<int64_t>(j);
-          const auto less = [&](int64_t a, int64_t c) { return result_before(dist[a], rows[a], dist[c], rows[c]); };
-          if (static_cast<int64_t>(rows.size()) <= 2 * k) {
-            std::sort(order.begin(), order.end(), less);
-          } else {
-            std::partial_sort(order.begin(), order.begin() + k, order.end(), less);
-          }
-          for (int64_t j = 0; j < k; ++j) {
-            od[j] = dist[order[j]];
-            oi[j] = rows[order[j]];
-          }
-        }
-      },
-      threads);
+  sort_and_write(w);
   timer.mark("sort");
 }
 

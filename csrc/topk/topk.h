@@ -7,9 +7,10 @@
 // computed by register-blocked SIMD micro-kernels over tiles of queries x database rows, so each
 // database tile is read once per block of queries and the m x n distance matrix never exists. A
 // per-query candidate buffer keeps every row whose f is within a rigorous float32 error bound of the
-// current k-th best; at the end the surviving candidates (about k per query) get their distance
-// recomputed exactly as sum((q - x)^2) in float64 and rounded once to float32, and are sorted by
-// (distance, index). So results match a float64 reference up to that final rounding, exact duplicates
+// current k-th best (4 gamma(d + 3) (||q||^2 + max ||x||^2), gamma(j) = j 2^-24 / (1 - j 2^-24);
+// derived at candidate_slack in topk.cpp); at the end the surviving candidates (about k per query)
+// get their distance recomputed exactly as sum((q - x)^2) in float64 and rounded once to float32, and
+// are sorted by (distance, index). So results match a float64 reference up to that final rounding, exact duplicates
 // tie exactly and are ordered by index, and distances are never negative.
 //
 // NaN and overflow. A query containing NaN gets NaN distances and indices 0..k-1 (every distance is

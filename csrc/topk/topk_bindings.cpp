@@ -1,5 +1,10 @@
 // deeprank._C.topk / squared_norms / topk_workspace_bytes: buffer-protocol arrays in, numpy out.
-// Arguments are checked here once (the Python wrapper converts dtypes and layouts before calling).
+// The checks here are precondition guards for memory safety: topk_search reads m x d, n x d (and n)
+// floats and writes m x k results through raw pointers, so dtype, rank, C-contiguity, matching D,
+// 1 <= k <= n and threads >= 0 are enforced before any pointer is touched, whoever calls. They are
+// not the user-facing checks: deeprank.ops.topk converts dtypes and layouts and validates its
+// arguments first (k through deeprank.ops.checks.check_k, threads through check_threads), so users
+// see those messages; these fire only when _C is called directly.
 #include "topk/topk_bindings.h"
 
 #include <pybind11/numpy.h>
@@ -14,6 +19,7 @@ namespace py = pybind11;
 
 namespace {
 
+// Precondition guard; deeprank.ops.checks.check_threads gives the user-facing message.
 int check_threads(int threads) {
   if (threads < 0) throw py::value_error("threads must be >= 1 (or 0 for the default), got " + std::to_string(threads));
   return threads;
@@ -29,6 +35,8 @@ py::tuple topk_py(py::handle queries, py::handle database, int64_t k, py::handle
                           std::to_string(d) + " and database D=" + std::to_string(x.shape[1]));
   }
   if (d < 1) throw py::value_error("queries and database must have at least one column (D >= 1), got D=0");
+  // Precondition guard (k rows are selected among n and written per query); the user-facing check
+  // and message are deeprank.ops.checks.check_k's, called before this by every Python caller.
   if (k < 1 || k > n) {
     throw py::value_error("k must be between 1 and the number of database rows (" + std::to_string(n) + "), got " +
                           std::to_string(k));

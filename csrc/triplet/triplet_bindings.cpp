@@ -1,5 +1,6 @@
 // deeprank._C.triplet_forward / triplet_backward: buffer-protocol arrays in, caller-allocated outputs.
-// All argument checks for the CPU kernels live here (the torch op wrapper checks tensors before).
+// The checks here are precondition guards for the raw-pointer kernels (shapes, dtypes, contiguity);
+// the user-facing argument checks are the torch op wrapper's (deeprank/ops/checks.py), run before.
 #include "triplet/triplet_bindings.h"
 
 #include <string>

@@ -1,13 +1,13 @@
 // Test driver (not part of any build): runs lrn.cu's launchers and kernels under the CPU SIMT
-// emulator (common/cuda_emulation.cuh) and compares them with a long double reference of
-// torch.nn.functional.local_response_norm and its gradient. Built and run by tests/test_cuda.py:
+// emulator (cuda_emulation.cuh) and compares them with a long double reference of
+// torch.nn.functional.local_response_norm and its gradient. Built and run by test_emulation.py:
 //
-//   g++ -std=c++20 -O1 -pthread -DDEEPRANK_CUDA_EMULATION -Icsrc -x c++ csrc/lrn/lrn_emulation_main.cuh
+//   g++ -std=c++20 -O1 -pthread -DDEEPRANK_CUDA_EMULATION -Icsrc -x c++ tests/ops/emulation/lrn_emulation_main.cuh
 //   ./a.out            prints one line per case, then "ok" (exit 0) or the first mismatch (exit 1)
 #ifndef DEEPRANK_CUDA_EMULATION
 #error "build with -DDEEPRANK_CUDA_EMULATION"
 #endif
-#include "common/cuda_emulation.cuh"
+#include "cuda_emulation.cuh"
 
 #include "lrn/lrn.cu"
 

@@ -1,9 +1,9 @@
 // Test driver (not part of any build): runs topk.cu's plan, launcher and kernels under the CPU SIMT
-// emulator (common/cuda_emulation.cuh) and compares every result bit for bit with a reference
+// emulator (cuda_emulation.cuh) and compares every result bit for bit with a reference
 // that ranks rows by the same key: (float32 of the float64 distance summed in the kernel's order,
-// index). tests/test_cuda.py builds and runs it where no GPU is present:
+// index). test_emulation.py builds and runs it where no GPU is present:
 //
-//   g++ -std=c++20 -O1 -pthread -DDEEPRANK_CUDA_EMULATION -Icsrc -x c++ csrc/topk/topk_emulation_main.cuh -o emu
+//   g++ -std=c++20 -O1 -pthread -DDEEPRANK_CUDA_EMULATION -Icsrc -x c++ tests/ops/emulation/topk_emulation_main.cuh -o emu
 //   ./emu M N D K SEED MODE SMS     MODE: normal | ties | nan | sorted
 // prints the plan, then "ok" or the first mismatch. "sorted" orders the database by decreasing
 // distance to query 0, so the last split holds all its neighbours and the merge has to take a whole
@@ -11,7 +11,7 @@
 #ifndef DEEPRANK_CUDA_EMULATION
 #error "build with -DDEEPRANK_CUDA_EMULATION"
 #endif
-#include "common/cuda_emulation.cuh"
+#include "cuda_emulation.cuh"
 
 namespace deeprank::cuda {
 namespace {

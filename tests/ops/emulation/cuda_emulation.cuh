@@ -1,6 +1,7 @@
 // A small SIMT emulator that runs deeprank's CUDA kernels on the CPU, for testing their logic where
-// no GPU is available (tests/test_cuda.py compiles csrc/topk/topk_emulation.cuh with the host
-// compiler). Not part of any build: only included when DEEPRANK_CUDA_EMULATION is defined.
+// no GPU is available (test_emulation.py beside it compiles the *_emulation_main.cuh drivers with the
+// host compiler). Not part of any build: the drivers include it before the .cu file they test, and
+// csrc/common/cuda_check.cuh then launches kernels through emu::launcher.
 //
 // Every CUDA thread of a block is an OS thread; blocks run one after another. __syncthreads is a
 // block-wide barrier, and every warp intrinsic (__syncwarp, __ballot_sync, __shfl*_sync,
@@ -9,6 +10,7 @@
 // here: the test runs the emulator under a timeout). Dynamic shared memory is filled with garbage
 // before each block so that reads of entries never written show up as wrong results.
 #pragma once
+#define DEEPRANK_CUDA_EMULATOR 1  // csrc/common/cuda_check.cuh checks that this came first
 
 #include <algorithm>
 #include <barrier>
