@@ -91,7 +91,7 @@ def new_manifest(
         "dtype": "float32",
         "metric": "sqeuclidean",
         "model": model,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "deeprank_version": __version__,
     }
 
