@@ -39,11 +39,16 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // Slots of a candidate buffer before its first compaction.
 int64_t buffer_slots(int64_t k) { return std::max<int64_t>(2 * k, k + 256); }
 
-// Sorting order of results: ascending distance, NaN last, ties by smaller index.
-bool result_before(float da, int64_t ia, float db, int64_t ib) {
-  const bool na = std::isnan(da), nb = std::isnan(db);
+// Sorting order of results, on exact float64 distances: ascending by the reported (float32) distance,
+// NaN last, ties by smaller index -- except that distances too large for float32 (reported as inf)
+// keep their float64 order: rows near 1e20 would otherwise all tie at inf and come back in index
+// order, a silently wrong ranking.
+bool result_before(double da, int64_t ia, double db, int64_t ib) {
+  const float fa = static_cast<float>(da), fb = static_cast<float>(db);
+  const bool na = std::isnan(fa), nb = std::isnan(fb);
   if (na != nb) return nb;
-  if (!na && da != db) return da < db;
+  if (!na && fa != fb) return fa < fb;
+  if (!na && std::isinf(fa) && da != db) return da < db;
   return ia < ib;
 }
 
@@ -103,17 +108,17 @@ struct CandidateSink final : HitSink {
 // Exact distances of one query to every row, then the k best (used for queries with inf or huge
 // values, and as a safety net should a query end with fewer than k candidates).
 void brute_force(const float* q, const float* x, int64_t n, int64_t d, int64_t k, float* out_d, int64_t* out_i) {
-  std::vector<float> dist(static_cast<size_t>(n));
+  std::vector<double> dist(static_cast<size_t>(n));
   std::vector<int64_t> order(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
-    dist[i] = static_cast<float>(DEEPRANK_ISA_CALL(topk_exact_sqdist, q, x + i * d, d));
+    dist[i] = DEEPRANK_ISA_CALL(topk_exact_sqdist, q, x + i * d, d);
     order[i] = i;
   }
   std::partial_sort(order.begin(), order.begin() + k, order.end(),
                     [&](int64_t a, int64_t b) { return result_before(dist[a], a, dist[b], b); });
   for (int64_t j = 0; j < k; ++j) {
     out_i[j] = order[j];
-    out_d[j] = dist[order[j]];
+    out_d[j] = static_cast<float>(dist[order[j]]);
   }
 }
 
@@ -257,7 +262,7 @@ struct TopkWork {
 
   // exact_distances: exact[offset[t] + j] is the distance of normal query t to final_rows[t][j].
   std::vector<int64_t> offset;
-  std::vector<float> exact;
+  std::vector<double> exact;  // float64: see result_before
 
   int64_t mq() const { return static_cast<int64_t>(normal.size()); }
   Candidates& candidates(int64_t split, int64_t t) { return cand[split * mq() + t]; }
@@ -471,8 +476,8 @@ void exact_distances(TopkWork& w) {
         for (int64_t at = start[b]; at < start[e]; ++at) {
           const int64_t t = pair_query[at], slot = pair_slot[at];
           const int64_t row = w.final_rows[t][slot - w.offset[t]];
-          w.exact[slot] = static_cast<float>(
-              DEEPRANK_ISA_CALL(topk_exact_sqdist, w.queries + w.normal[t] * d, w.database + row * d, d));
+          w.exact[slot] =
+              DEEPRANK_ISA_CALL(topk_exact_sqdist, w.queries + w.normal[t] * d, w.database + row * d, d);
         }
       },
       w.threads);
@@ -488,7 +493,7 @@ void sort_and_write(const TopkWork& w) {
         for (int64_t t = b; t < e; ++t) {
           const int64_t i = w.normal[t];
           const std::vector<int64_t>& rows = w.final_rows[t];
-          const float* dist = w.exact.data() + w.offset[t];
+          const double* dist = w.exact.data() + w.offset[t];
           float* od = w.out_dist + i * k;
           int64_t* oi = w.out_idx + i * k;
           if (static_cast<int64_t>(rows.size()) < k) {
@@ -504,7 +509,7 @@ void sort_and_write(const TopkWork& w) {
             std::partial_sort(order.begin(), order.begin() + k, order.end(), less);
           }
           for (int64_t j = 0; j < k; ++j) {
-            od[j] = dist[order[j]];
+            od[j] = static_cast<float>(dist[order[j]]);
             oi[j] = rows[order[j]];
           }
         }
@@ -526,7 +531,7 @@ size_t topk_workspace_bytes(int64_t m, int64_t n, int64_t d, int64_t k, int thre
   size_t bytes = 4 * static_cast<size_t>(m) + (norms_given ? 0 : 4 * static_cast<size_t>(n));
   bytes += static_cast<size_t>(threads) * 4 * static_cast<size_t>(round_up(p.qblock, p.lanes) * d);
   bytes += static_cast<size_t>(m) * p.splits * 12 * static_cast<size_t>(buffer_slots(k));
-  bytes += static_cast<size_t>(m) * static_cast<size_t>(k) * 32;
+  bytes += static_cast<size_t>(m) * static_cast<size_t>(k) * 36;
   return bytes;
 }
 

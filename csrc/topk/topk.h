@@ -17,6 +17,9 @@
 // NaN, so the index order decides). Database rows whose norm is not finite or is huge (>= 1e37) are
 // kept aside and always evaluated exactly, so rows with NaN sort last and inf rows sort before them.
 // Queries with inf or huge values are answered by an exact brute-force scan.
+// Distances too large for float32 (values around 1e19 and beyond) are reported as inf but ranked
+// by their float64 value, so the order stays right (the GPU kernel ranks in float32: there they tie
+// at inf and come in index order).
 //
 // Workspace (bytes), beyond the inputs and the m x k results:
 //   4 n (database norms, only when not given) + 4 m (query norms)
@@ -24,7 +27,7 @@
 //   + m * S * 12 * C (candidate buffers during the scan, S <= 2 T database splits,
 //                     C = max(2k, k + 256) slots, grown only while more than C/2 candidates tie
 //                     within the error bound)
-//   + m * k * 32 (the exact pass: row, slot, query and distance of each final candidate; more
+//   + m * k * 36 (the exact pass: row, slot, query and float64 distance of each final candidate; more
 //                 only for rows tying within the error bound)
 // See topk_workspace_bytes.
 #pragma once

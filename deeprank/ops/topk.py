@@ -15,17 +15,19 @@ Input policy (``topk`` and :class:`deeprank.index.FlatIndex`):
 
 Results: ``(distances, indices)``, both ``[M, k]``; distances float32 ``>= 0``, indices int64. Each row
 is sorted by ascending distance, equal distances by smaller index. Distances are exact: the final k
-per query are recomputed as ``sum((q - x)^2)`` in float64 and rounded once to float32. A query row that
+per query are recomputed as ``sum((q - x)^2)`` in float64 and rounded once to float32. Distances too
+large for float32 (inputs around 1e19 and beyond) are reported as ``inf`` but ranked by their float64
+value on the CPU (the CUDA kernel ranks in float32: there they tie and come in index order). A query row that
 contains NaN gets all-NaN distances and indices ``0..k-1``; database rows containing NaN get NaN
 distances and sort after every other row.
 
 Memory: the ``M x N`` distance matrix is never formed. Beyond the inputs and the ``M x k`` results the
 workspace is ``4N`` bytes of norms (none when ``database_norms`` is given or a ``FlatIndex`` is used),
 ``T * 4 * Mb * D`` for packed query blocks (``T`` threads, ``Mb <= 512``), candidate buffers of
-``M * S * 12 * max(2k, k + 256)`` bytes (``S <= 2T`` database splits) and ``32 * M * k`` bytes for the
+``M * S * 12 * max(2k, k + 256)`` bytes (``S <= 2T`` database splits) and ``36 * M * k`` bytes for the
 exact final pass (buffers grow beyond this only for rows tying within float32 error); see
 ``deeprank._C.topk_workspace_bytes``. For 1024 queries against 1M x 128 with 2 threads that is about
-12.6 MB at ``k = 100`` and 82 MB at ``k = 1000`` (plus 4 MB when the norms are computed in the call).
+13.0 MB at ``k = 100`` and 87 MB at ``k = 1000`` (plus 4 MB when the norms are computed in the call).
 """
 
 from __future__ import annotations

@@ -64,8 +64,9 @@ def assert_matches_reference(q: np.ndarray, x: np.ndarray, k: int, dist, idx) ->
         clear |= np.isnan(rd)  # NaN rows are ordered by index in both
         clear = clear[:k]
         np.testing.assert_array_equal(idx[r][clear], ref_i[r][:k][clear], err_msg=f"row {r}")
-        # Ties (equal float32 distances) come in index order.
-        same = dist[r][1:] == dist[r][:-1]
+        # Ties (equal finite float32 distances) come in index order; distances reported as inf are
+        # ranked by their float64 value instead (overflow), which the reference comparison above checks.
+        same = (dist[r][1:] == dist[r][:-1]) & np.isfinite(dist[r][1:])
         assert np.all(idx[r][1:][same] > idx[r][:-1][same]), f"tie order, row {r}"
 
 
@@ -294,6 +295,22 @@ def test_inf_and_huge_values(device_isa, rng):
     dist, idx = search(device_isa, q, x, 50)
     assert idx[0, -1] == 11 and np.isnan(dist[0, -1])  # NaN after inf
     assert np.isinf(dist[0, -3:-1]).all()
+
+
+def test_distances_that_overflow_float32_keep_their_float64_order(isa, rng):
+    # Every distance here is above float32's largest value: reported as inf, but ranked by float64
+    # (before, they all tied at inf and came back in index order: a silently wrong ranking).
+    n = 40
+    scale = rng.permutation(n).astype(np.float64) + 1.0
+    x = (np.ones((n, 4)) * scale[:, None] * 1e19).astype(np.float32)
+    q = np.zeros((3, 4), np.float32)
+    q[1] = 5e18  # also a huge query (the brute-force path)
+    for k in (1, 7, n):
+        dist, idx = deeprank.topk(q, x, k)
+        assert np.isinf(dist[[0, 2]]).all()
+        ref_d, ref_i = topk_reference(q, x, k)
+        np.testing.assert_array_equal(idx, ref_i)
+        np.testing.assert_array_equal(idx[0], np.argsort(scale, kind="stable")[:k])
 
 
 def test_empty_queries(device, rng):
