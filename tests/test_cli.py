@@ -181,5 +181,7 @@ def test_demo_quick_writes_table_and_figures(capsys, tmp_path):
         "raw pixels", "colour histogram", "HOG", "wavelet", "untrained network", "single-scale",
         "multiscale (DeepRanking)",
     ]  # fmt: skip
-    assert all(0 <= r["similarity_precision"] <= 1 and 0 <= r["map@r"] <= 1 for r in rows)
+    assert all(
+        0 <= r["similarity_precision"] <= 1 and 0 <= r["mean_average_precision_at_r"] <= 1 for r in rows
+    )
     assert str(demo) in out and "| multiscale (DeepRanking) |" in out

@@ -48,10 +48,12 @@ def _label_codes(query_labels: Any, ref_labels: Any, m: int, n: int) -> tuple[np
 
 
 class RetrievalAccumulator:
-    """recall@K, precision@K and MAP@K for each K, and MAP@R, of label-based retrieval.
+    """recall@K, precision@K and MAP@K for each K, and the R-based metrics, of label-based retrieval.
 
-    ``rows`` are the queries with at least one relevant reference (the others cannot score); ``k`` is
-    the largest K, or the largest ``R`` with ``map_at_r``.
+    With ``map_at_r`` also pytorch-metric-learning's ``mean_average_precision_at_r``, ``r_precision``
+    and ``mean_reciprocal_rank`` (over the first ``max R`` neighbours: its ``k="max_bin_count"``), and
+    ``precision_at_1``. ``rows`` are the queries with at least one relevant reference (the others
+    cannot score); ``k`` is the largest K, or the largest ``R`` with ``map_at_r``.
     """
 
     def __init__(
@@ -77,13 +79,16 @@ class RetrievalAccumulator:
         self.rows = np.flatnonzero(self._valid)
         self._map_at_r = map_at_r
         self.k = self.ks[-1]
-        if map_at_r and self.rows.size:
-            self.k = max(self.k, int(self._relevant[self.rows].max()))  # R <= available always
+        self._r_max = int(self._relevant[self.rows].max()) if self.rows.size else 1
+        if map_at_r:
+            self.k = max(self.k, self._r_max)  # R <= available always
         self._queries = m
         self._sums = dict.fromkeys(
             (f"{name}@{k}" for k in self.ks for name in ("recall", "precision", "map")), 0.0
         )
-        self._map_r_sum = 0.0
+        self._r_sums = dict.fromkeys(
+            ("mean_average_precision_at_r", "r_precision", "mean_reciprocal_rank"), 0.0
+        )
 
     def add(self, rows: np.ndarray, indices: np.ndarray) -> None:
         keep = self._valid[rows]
@@ -100,14 +105,20 @@ class RetrievalAccumulator:
             self._sums[f"precision@{k}"] += float((hits[:, k - 1] / k).sum())
             self._sums[f"map@{k}"] += float((ap_terms[:, k - 1] / np.minimum(k, big_r)).sum())
         if self._map_at_r:
-            self._map_r_sum += float((ap_terms[np.arange(rows.size), big_r - 1] / big_r).sum())
+            at_r = (np.arange(rows.size), big_r - 1)
+            self._r_sums["mean_average_precision_at_r"] += float((ap_terms[at_r] / big_r).sum())
+            self._r_sums["r_precision"] += float((hits[at_r] / big_r).sum())
+            first = rel[:, : self._r_max]
+            found = first.any(axis=1)
+            self._r_sums["mean_reciprocal_rank"] += float((found / (first.argmax(axis=1) + 1.0)).sum())
 
     def result(self) -> dict[str, float]:
         counted = int(self.rows.size)
         denom = max(counted, 1)
         out = {key: value / denom for key, value in self._sums.items()}
+        out["precision_at_1"] = out["precision@1"]
         if self._map_at_r:
-            out["map@r"] = self._map_r_sum / denom
+            out.update({key: value / denom for key, value in self._r_sums.items()})
         out["queries"] = float(counted)
         out["queries_without_relevant"] = float(self._queries - counted)
         return out

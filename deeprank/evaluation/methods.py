@@ -57,7 +57,8 @@ def evaluate_embeddings(
         "similarity_precision": share_correct(correct),
         f"score@{k}": float(score.result()["score"]),
     }
-    row.update({key: metrics[key] for key in [f"recall@{kk}" for kk in ks] + ["precision@1", "map@r"]})
+    named = ["precision_at_1", "r_precision", "mean_average_precision_at_r", "mean_reciprocal_rank"]
+    row.update({key: metrics[key] for key in [f"recall@{kk}" for kk in ks] + named})
     if crop_embeddings is not None:
         row.update(crop_retrieval(crop_embeddings, crop_sources, emb, ks=ks, threads=threads))
     return row

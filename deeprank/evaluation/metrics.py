@@ -22,6 +22,13 @@ Definitions (``Q`` queries, labels ``y``; "relevant" means "same label as the qu
   is 1 if the i-th nearest reference is relevant and ``P(i)`` the precision among the first ``i``;
   MAP@R is the mean over queries.
 - **MAP@K**: ``AP@K = (1/min(K, R)) sum_{i=1..K} P(i) rel(i)``, averaged over queries.
+- **R-precision**: the mean share of relevant items among the ``R`` nearest references.
+- **mean reciprocal rank**: the mean of ``1 / rank`` of the first relevant reference among the
+  ``max R`` nearest (0 when none is).
+
+Names: ``precision_at_1``, ``mean_average_precision_at_r``, ``r_precision`` and
+``mean_reciprocal_rank`` are pytorch-metric-learning's ``AccuracyCalculator`` names (same values,
+tested against it; the reciprocal rank as with its ``k="max_bin_count"``); ``recall@K``, ``precision@K`` and ``map@K`` are the cut-off families.
 
 With ``exclude_self=True`` the query set is the reference set (row ``i`` of both is the same item):
 each query's own entry is removed from its neighbours and from its ``R``. Queries with no relevant
@@ -214,8 +221,10 @@ def retrieval_metrics(
         threads: passed to :func:`deeprank.topk`.
 
     Returns:
-        ``{"recall@K", "precision@K", "map@K" for each K, "precision@1", "map@r" (if asked),
-        "queries", "queries_without_relevant"}`` as floats (ratios in [0, 1]).
+        ``{"recall@K", "precision@K", "map@K" for each K, "precision_at_1", and with ``map_at_r``
+        "mean_average_precision_at_r", "r_precision", "mean_reciprocal_rank"; "queries",
+        "queries_without_relevant"}`` as floats (ratios in [0, 1]). The underscore names are
+        pytorch-metric-learning's ``AccuracyCalculator`` names, with its definitions.
     """
     q, r = _pair(query_emb, ref_emb)
     m, n = q.shape[0], r.shape[0]

@@ -12,7 +12,17 @@ from ..io import write_json_atomic, write_text_atomic
 __all__ = ["results_markdown", "write_results"]
 
 
-_RATIO_PREFIXES = ("similarity_precision", "recall@", "precision@", "map@", "crop_recall@")
+_RATIO_PREFIXES = (
+    "similarity_precision",
+    "recall@",
+    "precision@",
+    "map@",
+    "crop_recall@",
+    "precision_at_1",
+    "r_precision",
+    "mean_average_precision",
+    "mean_reciprocal_rank",
+)
 
 
 def _format_cell(key: str, value: Any) -> str:

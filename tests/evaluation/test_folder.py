@@ -53,8 +53,12 @@ def test_evaluate_folder_end_to_end(collection, tmp_path):
     rows = {r["method"]: r for r in payload["results"]}
     assert list(rows) == METHODS
     for r in rows.values():
-        assert 0 <= r["similarity_precision"] <= 1 and 0 <= r["map@r"] <= 1 and abs(r["score@10"]) <= 80
-        assert set(r) >= {"recall@1", "recall@10", "precision@1", "crop_recall@1", "crop_recall@10"}
+        assert (
+            0 <= r["similarity_precision"] <= 1
+            and 0 <= r["mean_average_precision_at_r"] <= 1
+            and abs(r["score@10"]) <= 80
+        )
+        assert set(r) >= {"recall@1", "recall@10", "precision_at_1", "crop_recall@1", "crop_recall@10"}
     assert "| model | 16 |" in (tmp_path / "ev" / "results.md").read_text()
 
     # The model's row is the embedding module's embeddings through evaluate_embeddings.

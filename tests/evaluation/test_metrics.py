@@ -19,7 +19,7 @@ def test_retrieval_metrics_hand_example():
     m = ev.retrieval_metrics(col(0.1), [1], col(0, 1, 2, 3), [0, 1, 0, 1], ks=(1, 2, 3, 4))
     assert m["recall@1"] == 0.0 and m["precision@1"] == 0.0
     assert m["recall@2"] == 1.0 and m["precision@2"] == 0.5
-    assert m["map@r"] == pytest.approx(0.25)  # (0 + 1/2) / 2
+    assert m["mean_average_precision_at_r"] == pytest.approx(0.25)  # (0 + 1/2) / 2
     assert m["map@3"] == pytest.approx(0.25)
     assert m["map@4"] == pytest.approx(0.5)  # (1/2 + 2/4) / min(4, 2)
     assert m["precision@4"] == 0.5
@@ -31,7 +31,7 @@ def test_retrieval_metrics_exclude_self_hand_example():
     e = col(0, 0.1, 5, 5.2)
     m = ev.retrieval_metrics(e, list("aaba"), e, list("aaba"), ks=(1, 2), exclude_self=True)
     assert m["queries"] == 3 and m["queries_without_relevant"] == 1
-    assert m["map@r"] == pytest.approx((0.5 + 0.5 + 0.25) / 3)
+    assert m["mean_average_precision_at_r"] == pytest.approx((0.5 + 0.5 + 0.25) / 3)
     assert m["precision@1"] == pytest.approx(2 / 3)
     assert m["recall@2"] == 1.0
 
@@ -89,14 +89,21 @@ def ranking(d_row, own=None):
 def reference_retrieval(q, ql, r, rl, ks, exclude_self):
     sums, counted = {}, 0
     d = distances(q, r)
-    for i in range(len(q)):
-        rel = (rl[ranking(d[i], i if exclude_self else None)] == ql[i]).astype(float)
+    rels = [(rl[ranking(d[i], i if exclude_self else None)] == ql[i]).astype(float) for i in range(len(q))]
+    r_max = max(int(rel.sum()) for rel in rels)
+    for rel in rels:
         big_r = int(rel.sum())
         if big_r == 0:
             continue
         counted += 1
         prec = np.cumsum(rel) / np.arange(1, len(rel) + 1)
-        vals = {"map@r": (prec[:big_r] * rel[:big_r]).sum() / big_r}
+        first = np.flatnonzero(rel[:r_max])
+        vals = {
+            "mean_average_precision_at_r": (prec[:big_r] * rel[:big_r]).sum() / big_r,
+            "r_precision": rel[:big_r].mean(),
+            "mean_reciprocal_rank": 1.0 / (first[0] + 1) if first.size else 0.0,
+            "precision_at_1": rel[0],
+        }
         for k in ks:
             vals[f"recall@{k}"] = float(rel[:k].any())
             vals[f"precision@{k}"] = rel[:k].mean()
@@ -161,7 +168,9 @@ def test_retrieval_metrics_match_reference(rng, monkeypatch, exclude_self, kind)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-9), key
     no_r = ev.retrieval_metrics(q, ql, r, rl, ks=(1,), exclude_self=exclude_self, map_at_r=False)
-    assert "map@r" not in no_r and no_r["recall@1"] == pytest.approx(want["recall@1"], abs=1e-9)
+    assert "mean_average_precision_at_r" not in no_r and no_r["recall@1"] == pytest.approx(
+        want["recall@1"], abs=1e-9
+    )
 
 
 def test_similarity_precision_and_triplet_distances_match_reference(rng):
@@ -218,8 +227,8 @@ def test_evaluate_embeddings_matches_each_metric(rng, monkeypatch, kind):
             "similarity_precision": reference_precision(e, t),
             f"score@{k}": float(reference_score(e, t, k)[0]),
             **{f"recall@{kk}": retrieval[f"recall@{kk}"] for kk in ks},
-            "precision@1": retrieval["precision@1"],
-            "map@r": retrieval["map@r"],
+            **{key: retrieval[key] for key in ("precision_at_1", "r_precision")},
+            **{key: retrieval[key] for key in ("mean_average_precision_at_r", "mean_reciprocal_rank")},
             **reference_crops(crops, src, e, ks),
         }
         assert list(row) == list(want)

@@ -24,7 +24,13 @@ def test_results_table_files(tmp_path):
 
 def test_cells_by_kind_of_value():
     rows = [
-        {"method": "m", "map@r": 0.12345, "crop_recall@1": 1.0, "embed_ms_per_image": 0.01234, "note": None}
+        {
+            "method": "m",
+            "mean_average_precision_at_r": 0.12345,
+            "crop_recall@1": 1.0,
+            "embed_ms_per_image": 0.01234,
+            "note": None,
+        }
     ]
     md = ev.results_markdown(rows, title="T")
     assert md.startswith("## T\n\n")
