@@ -28,7 +28,8 @@ Definitions (``Q`` queries, labels ``y``; "relevant" means "same label as the qu
 
 Names: ``precision_at_1``, ``mean_average_precision_at_r``, ``r_precision`` and
 ``mean_reciprocal_rank`` are pytorch-metric-learning's ``AccuracyCalculator`` names (same values,
-tested against it; the reciprocal rank as with its ``k="max_bin_count"``); ``recall@K``, ``precision@K`` and ``map@K`` are the cut-off families.
+tested against it; the reciprocal rank as with its ``k="max_bin_count"``); ``recall@K``,
+``precision@K`` and ``map@K`` are the cut-off families.
 
 With ``exclude_self=True`` the query set is the reference set (row ``i`` of both is the same item):
 each query's own entry is removed from its neighbours and from its ``R``. Queries with no relevant
