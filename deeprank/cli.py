@@ -35,6 +35,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _existing_dir(path: str, what: str) -> Path:
     p = Path(path)
     if not p.exists():
@@ -61,7 +71,13 @@ def _build_index(args: argparse.Namespace) -> Index:
     from .index import Index
 
     _existing_dir(args.folder, "image folder")
-    index = Index.build(args.model, args.folder, batch_size=args.batch_size, progress=not args.no_progress)
+    index = Index.build(
+        args.model,
+        args.folder,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        workers=args.workers,
+    )
     _report_skipped(index.skipped)
     return index
 
@@ -258,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (256)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    def workers_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--workers",
+            type=_count,
+            default=None,
+            metavar="N",
+            help="processes decoding images while the model runs (default: one per core but one, "
+            "at most 8; 0: decode in-process)",
+        )
+
     p = sub.add_parser(
         "embed",
         help="embed an image folder and export vectors",
@@ -269,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="output folder")
     p.add_argument("--format", choices=["npy", "faiss"], default="npy", help="export format (npy)")
     progress_args(p)
+    workers_arg(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser(
@@ -286,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also build a FAISS index (needs faiss) and report recall",
     )
     progress_args(p)
+    workers_arg(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser(

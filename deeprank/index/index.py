@@ -168,16 +168,18 @@ class Index:
         recursive: bool = True,
         batch_size: int = 256,
         progress: bool = True,
+        workers: int | None = None,
     ) -> Index:
         """Embed every image under ``folder`` with ``model`` (a model or a checkpoint directory).
 
         Ids are the image paths relative to ``folder`` (``/``-separated); files that cannot be read
-        are skipped and listed in ``index.skipped`` as ``(path, reason)``.
+        are skipped and listed in ``index.skipped`` as ``(path, reason)``. ``workers`` decode processes
+        as in :func:`deeprank.embedding.embed_images` (default: one per core but one, 0: in-process).
         """
         model, checkpoint = resolve_model(model)
         root = Path(folder)
         emb, files, skipped = embed_folder(
-            model, root, recursive=recursive, batch_size=batch_size, progress=progress
+            model, root, recursive=recursive, batch_size=batch_size, progress=progress, workers=workers
         )
         ids = [f.relative_to(root).as_posix() for f in files]
         index = cls(emb, ids, [str(f.resolve()) for f in files], model=model, checkpoint=checkpoint)
