@@ -38,6 +38,7 @@ import torch
 
 from ..embedding.embed import embed_folder, embed_images
 from ..embedding.queries import image_sources, query_vectors
+from ..embedding.shards import is_shard_set
 from ..errors import DeeprankError, IndexFormatError, ModelMismatchError
 from ..io import atomic_path, write_json_atomic
 from ..models.checkpoint import config_hash, resolve_model
@@ -58,6 +59,7 @@ from .format import (
 )
 from .keys import RowKeys
 from .results import SearchResult
+from .shards import ShardedFlatIndex, open_shard_set
 
 __all__ = ["Index"]
 
@@ -105,7 +107,8 @@ class Index:
 
     Args:
         embeddings: float32 ``[n, d]`` vectors (used in place when float32 and C-contiguous), or a
-            :class:`FlatIndex` whose keys increase row by row (used as the exact backend).
+            :class:`FlatIndex` or :class:`~deeprank.index.shards.ShardedFlatIndex` whose keys increase
+            row by row (used as the exact backend).
         ids: one unique str or int per row (default ``0 .. n-1``).
         paths: the image file of each row (None for rows added as vectors).
         model: the model that embeds image queries; ``checkpoint``: its directory (loaded on demand
@@ -124,7 +127,7 @@ class Index:
     ) -> None:
         exact = (
             embeddings
-            if isinstance(embeddings, FlatIndex)
+            if isinstance(embeddings, (FlatIndex, ShardedFlatIndex))
             else FlatIndex(_as_matrix(embeddings, "embeddings"), copy=False)
         )
         n = len(exact)
@@ -470,9 +473,12 @@ class Index:
         dimension; without it, image queries load the checkpoint the index records. ``verify=False``
         skips the sha256 checksums (sizes and headers are always checked). ``mmap=True`` searches the
         embeddings file in place. Raises :class:`deeprank.errors.IndexFormatError` or
-        :class:`deeprank.errors.ModelMismatchError`.
+        :class:`deeprank.errors.ModelMismatchError`. A sharded embedding run
+        (:mod:`deeprank.embedding.shards`) opens too, its shards searched in place.
         """
         root = Path(path)
+        if is_shard_set(root):
+            return open_shard_set(cls, root, verify=verify)._use_model(model)
         manifest = read_manifest(root, verify=verify)
         count, dim = manifest["count"], manifest["dim"]
         exact = FlatIndex.load(root, mmap=mmap)
@@ -496,12 +502,16 @@ class Index:
             if len(approximate) != count:
                 raise IndexFormatError(f"{root / APPROXIMATE} holds {len(approximate)} vectors, not {count}")
             index._approximate = approximate
+        return index._use_model(model)
+
+    def _use_model(self, model: torch.nn.Module | str | os.PathLike | None) -> Index:
+        """Check ``model`` (a model or checkpoint directory) against the index and use it; returns self."""
         if model is not None:
             resolved, ckpt = resolve_model(model)
-            index._check_model(resolved)
-            index._model = resolved
-            index.checkpoint = ckpt or index.checkpoint
-        return index
+            self._check_model(resolved)
+            self._model = resolved
+            self.checkpoint = ckpt or self.checkpoint
+        return self
 
     def export(self, path: str | os.PathLike, format: str = "npy") -> list[Path]:
         """Write the embeddings for other engines; returns the files written.
