@@ -106,6 +106,7 @@ class ShardRun:
     """What :func:`embed_to_shards` did: shards written now, shards already done before, the totals."""
 
     output: Path
+    dim: int
     shards: int
     written: int
     resumed: int
@@ -351,5 +352,11 @@ def embed_to_shards(
         )
     embedded, skipped = writer.finish()
     return ShardRun(
-        Path(output), writer.shards, len(pending), writer.shards - len(pending), embedded, skipped
+        output=Path(output),
+        dim=writer.dim,
+        shards=writer.shards,
+        written=len(pending),
+        resumed=writer.shards - len(pending),
+        embedded=embedded,
+        skipped=skipped,
     )

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..embedding.embed import embed_folder, embed_images
+from ..embedding.parquet import write_parquet
 from ..embedding.queries import image_sources, query_vectors
 from ..embedding.shards import is_shard_set
 from ..errors import DeeprankError, IndexFormatError, ModelMismatchError
@@ -520,20 +521,24 @@ class Index:
         ``dim``, ``metric``, ``model_config_hash``): row ``i`` of the array is ``ids[i]``.
         ``"faiss"``: ``index.faiss`` (an exact ``IndexFlatL2``, or the FAISS approximate index if one
         was built; FAISS row ``i`` is ``ids[i]``) plus the same ``metadata.json``.
+        ``"parquet"``: ``embeddings.parquet/part-*.parquet`` (``id``, ``path``, ``label``, ``vector``;
+        chunked, :func:`deeprank.embedding.parquet.write_parquet`) plus the same ``metadata.json``.
         """
-        if format not in ("npy", "faiss"):
-            raise ValueError(f"format must be 'npy' or 'faiss', got {format!r}")
+        if format not in ("npy", "faiss", "parquet"):
+            raise ValueError(f"format must be 'npy', 'faiss' or 'parquet', got {format!r}")
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         if format == "npy":
             with atomic_path(out / EMBEDDINGS) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, self.embeddings, allow_pickle=False)
-            written = out / EMBEDDINGS
+            written = [out / EMBEDDINGS]
+        elif format == "parquet":
+            written = write_parquet(out, self._ids, self._paths, self.embeddings)
         else:
             approximate = self._approximate
             if not isinstance(approximate, FaissIndex):
                 approximate = FaissIndex.build(self.embeddings, kind="flat")
-            written = approximate.write(out / "index.faiss")
+            written = [approximate.write(out / "index.faiss")]
         meta = {
             "ids": self._ids,
             "paths": self._paths,
@@ -542,4 +547,4 @@ class Index:
             "metric": "sqeuclidean",
             "model_config_hash": self.model_hash,
         }
-        return [written, write_json_atomic(out / "metadata.json", meta, indent=None)]
+        return [*written, write_json_atomic(out / "metadata.json", meta, indent=None)]
