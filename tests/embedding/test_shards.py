@@ -134,3 +134,34 @@ def test_killed_run_resumed_gives_the_same_result(grey_checkpoint, mixed_folder,
     b, ids_b = run_vectors(out)
     np.testing.assert_array_equal(a, b)
     assert ids_a == ids_b and read_shard_set(out).skipped == read_shard_set(whole).skipped
+
+
+def test_ray_and_pyarrow_are_imported_only_when_used():
+    code = (
+        "import sys, deeprank, deeprank.embedding.ray_engine, deeprank.embedding.parquet, deeprank.cli\n"
+        "deeprank.cli.build_parser()\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'pyarrow', 'pandas', 'duckdb'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_query_and_serve_open_a_run(grey_checkpoint, mixed_folder, tmp_path, capsys):
+    from deeprank.cli import main
+
+    out = tmp_path / "run"
+    embed_to_shards(grey_checkpoint, mixed_folder, out, shard_size=10, progress=False)
+    image = sorted((mixed_folder / "Coat").glob("*.png"))[0]
+    assert main(["query", str(out), str(image), "-k", "2", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)[0]["hits"]
+    assert hits[0]["id"] == image.relative_to(mixed_folder).as_posix() and hits[0]["distance"] < 1e-5
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from deeprank.serve.app import create_app
+
+    with TestClient(create_app(out)) as client:
+        r = client.post("/search", data={"id": hits[0]["id"], "k": 3})
+        assert r.status_code == 200, r.text
+        assert r.json()["hits"][0]["id"] == hits[0]["id"]
