@@ -165,6 +165,8 @@ class ShardWriter:
                     f"{self.output} holds an embedding run that differs in {', '.join(differs)}; "
                     "resume it with the same files, model and shard size, or write to a new folder"
                 )
+            for leftover in self.output.glob(".shard-*.tmp"):  # a killed run's half-written file
+                leftover.unlink(missing_ok=True)
             return
         if self.output.exists() and (not self.output.is_dir() or any(self.output.iterdir())):
             raise DeeprankError(

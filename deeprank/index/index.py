@@ -204,7 +204,8 @@ class Index:
 
     @property
     def embeddings(self) -> np.ndarray:
-        """float32 ``[count, dim]``, row ``i`` = item ``i`` (read-only; a memory map after ``load``)."""
+        """float32 ``[count, dim]``, row ``i`` = item ``i`` (read-only; a memory map after ``load``, or
+        :class:`~deeprank.index.shards.ShardedVectors` for a sharded run)."""
         return self._exact.vectors
 
     @property

@@ -128,8 +128,10 @@ def test_killed_run_resumed_gives_the_same_result(grey_checkpoint, mixed_folder,
     assert (out / "shard-00002.npy").exists()
     with pytest.raises(DeeprankError, match="unfinished embedding run: 3 of 5"):
         read_shard_set(out)
+    (out / ".shard-00003.npy.abc123.tmp").write_bytes(b"half")  # what a kill inside a write leaves
     res = embed_to_shards(grey_checkpoint, mixed_folder, out, shard_size=10, batch_size=4, progress=False)
     assert (res.written, res.resumed) == (3, 2)
+    assert not list(out.glob(".*.tmp"))
     a, ids_a = run_vectors(whole)
     b, ids_b = run_vectors(out)
     np.testing.assert_array_equal(a, b)
