@@ -35,6 +35,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
 def _existing_dir(path: str, what: str) -> Path:
     p = Path(path)
     if not p.exists():
@@ -61,15 +81,63 @@ def _build_index(args: argparse.Namespace) -> Index:
     from .index import Index
 
     _existing_dir(args.folder, "image folder")
-    index = Index.build(args.model, args.folder, batch_size=args.batch_size, progress=not args.no_progress)
+    index = Index.build(
+        args.model,
+        args.folder,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        workers=args.workers,
+    )
     _report_skipped(index.skipped)
     return index
 
 
+_RAY_OPTIONS = ("address", "actors", "gpus_per_actor", "shard_size")
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        return _embed_with_ray(args)
+    ray_only = [f"--{n.replace('_', '-')}" for n in _RAY_OPTIONS if getattr(args, n) is not None]
+    if ray_only:
+        raise DeeprankError(f"{', '.join(ray_only)} only apply with --engine ray")
     index = _build_index(args)
     files = index.export(args.output, format=args.format)
     print(f"embedded {len(index)} images (dimension {index.dim}) -> {', '.join(str(f) for f in files)}")
+    return 0
+
+
+def _embed_with_ray(args: argparse.Namespace) -> int:
+    """``embed --engine ray``: a resumable sharded run in OUTPUT; other formats exported beside it."""
+    from .embedding.shards import DEFAULT_SHARD_SIZE, embed_to_shards
+
+    _existing_dir(args.folder, "image folder")
+    if args.workers is not None:
+        raise DeeprankError("--workers applies to the local engine; Ray decodes in its own tasks")
+    run = embed_to_shards(
+        args.model,
+        args.folder,
+        args.output,
+        engine="ray",
+        shard_size=args.shard_size or DEFAULT_SHARD_SIZE,
+        batch_size=args.batch_size,
+        address=args.address,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor or 0.0,
+        progress=not args.no_progress,
+    )
+    _report_skipped(run.skipped)
+    print(
+        f"embedded {run.embedded} images (dimension {run.dim}) in {run.shards} shards "
+        f"({run.written} shards written, {run.resumed} already done) -> {run.output}"
+    )
+    if args.format != "npy":
+        from .index import Index
+
+        files = Index.load(run.output, verify=False).export(
+            Path(args.output) / args.format, format=args.format
+        )
+        print(f"exported -> {', '.join(str(f) for f in files)}")
     return 0
 
 
@@ -258,17 +326,44 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (256)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    def workers_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--workers",
+            type=_count,
+            default=None,
+            metavar="N",
+            help="processes decoding images while the model runs (default: one per core but one, "
+            "at most 8; 0: decode in-process)",
+        )
+
     p = sub.add_parser(
         "embed",
         help="embed an image folder and export vectors",
         description="Embed every image under FOLDER (recursive) and write embeddings.npy + metadata.json "
-        "(or index.faiss) to OUTPUT for other engines.",
+        "(or index.faiss, or embeddings.parquet/) to OUTPUT for other engines. With --engine ray, OUTPUT "
+        "is a resumable run of shards that `deeprank query`/`serve` open as an index; other formats are "
+        "exported to OUTPUT/FORMAT/.",
     )
     model_arg(p)
     p.add_argument("folder", help="image folder (searched recursively)")
     p.add_argument("--output", "-o", required=True, help="output folder")
-    p.add_argument("--format", choices=["npy", "faiss"], default="npy", help="export format (npy)")
+    p.add_argument("--format", choices=["npy", "faiss", "parquet"], default="npy", help="export format (npy)")
     progress_args(p)
+    workers_arg(p)
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process (default); ray: a Ray cluster (needs deeprank[ray])",
+    )
+    p.add_argument("--address", help="Ray cluster to join, e.g. auto (default: start a local one)")
+    p.add_argument("--shard-size", type=_positive_int, default=None, help="files per shard (16384)")
+    p.add_argument(
+        "--actors", type=_positive_int, default=None, help="Ray embedding actors (one per CPU/GPU)"
+    )
+    p.add_argument(
+        "--gpus-per-actor", type=_non_negative_float, default=None, help="GPUs per actor (0: CPU actors)"
+    )
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser(
@@ -286,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also build a FAISS index (needs faiss) and report recall",
     )
     progress_args(p)
+    workers_arg(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser(

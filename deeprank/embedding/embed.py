@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from ..data.folders import list_images
-from ..data.images import array_images, image_tensor
+from ..data.images import array_images
 from ..errors import DeeprankError, EmptyCollectionError
 from ..progress import Progress
+from .loader import collate, decode_source, image_batches, resolve_workers
 
 ImageSource = str | os.PathLike | Any  # a path or a PIL image
 
@@ -76,17 +77,7 @@ def load_images(
     sources: Sequence[ImageSource], image_size: int, channels: int
 ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
     """Load sources into a ``uint8`` batch: ``(tensor, positions loaded, [(source, reason) skipped])``."""
-    tensors, kept, skipped = [], [], []
-    for i, src in enumerate(sources):
-        try:
-            tensors.append(image_tensor(src, image_size, channels))
-            kept.append(i)
-        except (ValueError, OSError) as exc:  # unreadable or not an image: reported, not fatal
-            reason = getattr(exc, "reason", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
-            skipped.append((str(src), reason))
-    if tensors:
-        return torch.stack(tensors), kept, skipped
-    return torch.empty(0, channels, image_size, image_size, dtype=torch.uint8), kept, skipped
+    return collate(sources, [decode_source(s, image_size, channels) for s in sources], image_size, channels)
 
 
 def embed_images(
@@ -96,28 +87,32 @@ def embed_images(
     batch_size: int = 256,
     progress: bool = False,
     skip_unreadable: bool = True,
+    workers: int | None = 0,
 ) -> EmbedResult:
     """Embed image files or PIL images in batches.
 
     Unreadable files are skipped and listed in ``EmbedResult.skipped`` (or, with
     ``skip_unreadable=False``, raise :class:`deeprank.errors.DeeprankError` naming the file).
+    ``workers`` processes decode the next batches while the model runs (0: in-process; None: one
+    per core but one, when there is more than one batch); the result is the same for any value.
     """
     size, channels, dim = model_geometry(model)
+    workers = resolve_workers(workers, len(sources), batch_size)
     bar = Progress("embedding", len(sources), enabled=progress)
-    parts, kept_all, skipped_all = [], [], []
-    for start in range(0, len(sources), batch_size):
-        chunk = sources[start : start + batch_size]
-        batch, kept, skipped = load_images(chunk, size, channels)
-        if skipped and not skip_unreadable:
-            src, reason = skipped[0]
+    out = np.empty((len(sources), dim), dtype=np.float32)  # rows of skipped files are cut at the end
+    kept_all: list[int] = []
+    skipped_all: list[tuple[str, str]] = []
+    for batch in image_batches(sources, size, channels, batch_size=batch_size, workers=workers):
+        if batch.skipped and not skip_unreadable:
+            src, reason = batch.skipped[0]
             raise DeeprankError(f"cannot read image {src}: {reason}")
-        if kept:
-            parts.append(embed_tensor(model, batch, batch_size))
-        kept_all.extend(start + i for i in kept)
-        skipped_all.extend(skipped)
-        bar.advance(len(chunk))
-    emb = np.concatenate(parts) if parts else np.empty((0, dim), dtype=np.float32)
-    return EmbedResult(emb, np.asarray(kept_all, dtype=np.int64), skipped_all)
+        if batch.kept:
+            row = len(kept_all)
+            out[row : row + len(batch.kept)] = embed_tensor(model, batch.pixels, batch_size)
+        kept_all.extend(batch.start + i for i in batch.kept)
+        skipped_all.extend(batch.skipped)
+        bar.advance(batch.size)
+    return EmbedResult(out[: len(kept_all)], np.asarray(kept_all, dtype=np.int64), skipped_all)
 
 
 def list_folder(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
@@ -140,10 +135,14 @@ def embed_folder(
     recursive: bool = True,
     batch_size: int = 256,
     progress: bool = False,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, list[Path], list[tuple[str, str]]]:
-    """Embed every image under ``folder``; returns ``(embeddings, paths embedded, skipped)``."""
+    """Embed every image under ``folder``; returns ``(embeddings, paths embedded, skipped)``.
+
+    ``workers`` as in :func:`embed_images` (default: worker processes when there is more than a batch).
+    """
     files = list_folder(folder, recursive)
-    res = embed_images(model, files, batch_size=batch_size, progress=progress)
+    res = embed_images(model, files, batch_size=batch_size, progress=progress, workers=workers)
     if res.embeddings.shape[0] == 0:
         raise EmptyCollectionError(f"none of the {len(files)} files in {folder} could be read as an image")
     return res.embeddings, [files[i] for i in res.kept], res.skipped

@@ -37,7 +37,9 @@ import numpy as np
 import torch
 
 from ..embedding.embed import embed_folder, embed_images
+from ..embedding.parquet import write_parquet
 from ..embedding.queries import image_sources, query_vectors
+from ..embedding.shards import is_shard_set
 from ..errors import DeeprankError, IndexFormatError, ModelMismatchError
 from ..io import atomic_path, write_json_atomic
 from ..models.checkpoint import config_hash, resolve_model
@@ -58,6 +60,7 @@ from .format import (
 )
 from .keys import RowKeys
 from .results import SearchResult
+from .shards import ShardedFlatIndex, open_shard_set
 
 __all__ = ["Index"]
 
@@ -105,7 +108,8 @@ class Index:
 
     Args:
         embeddings: float32 ``[n, d]`` vectors (used in place when float32 and C-contiguous), or a
-            :class:`FlatIndex` whose keys increase row by row (used as the exact backend).
+            :class:`FlatIndex` or :class:`~deeprank.index.shards.ShardedFlatIndex` whose keys increase
+            row by row (used as the exact backend).
         ids: one unique str or int per row (default ``0 .. n-1``).
         paths: the image file of each row (None for rows added as vectors).
         model: the model that embeds image queries; ``checkpoint``: its directory (loaded on demand
@@ -124,7 +128,7 @@ class Index:
     ) -> None:
         exact = (
             embeddings
-            if isinstance(embeddings, FlatIndex)
+            if isinstance(embeddings, (FlatIndex, ShardedFlatIndex))
             else FlatIndex(_as_matrix(embeddings, "embeddings"), copy=False)
         )
         n = len(exact)
@@ -168,16 +172,18 @@ class Index:
         recursive: bool = True,
         batch_size: int = 256,
         progress: bool = True,
+        workers: int | None = None,
     ) -> Index:
         """Embed every image under ``folder`` with ``model`` (a model or a checkpoint directory).
 
         Ids are the image paths relative to ``folder`` (``/``-separated); files that cannot be read
-        are skipped and listed in ``index.skipped`` as ``(path, reason)``.
+        are skipped and listed in ``index.skipped`` as ``(path, reason)``. ``workers`` decode processes
+        as in :func:`deeprank.embedding.embed_images` (default: one per core but one, 0: in-process).
         """
         model, checkpoint = resolve_model(model)
         root = Path(folder)
         emb, files, skipped = embed_folder(
-            model, root, recursive=recursive, batch_size=batch_size, progress=progress
+            model, root, recursive=recursive, batch_size=batch_size, progress=progress, workers=workers
         )
         ids = [f.relative_to(root).as_posix() for f in files]
         index = cls(emb, ids, [str(f.resolve()) for f in files], model=model, checkpoint=checkpoint)
@@ -198,7 +204,8 @@ class Index:
 
     @property
     def embeddings(self) -> np.ndarray:
-        """float32 ``[count, dim]``, row ``i`` = item ``i`` (read-only; a memory map after ``load``)."""
+        """float32 ``[count, dim]``, row ``i`` = item ``i`` (read-only; a memory map after ``load``, or
+        :class:`~deeprank.index.shards.ShardedVectors` for a sharded run)."""
         return self._exact.vectors
 
     @property
@@ -468,9 +475,12 @@ class Index:
         dimension; without it, image queries load the checkpoint the index records. ``verify=False``
         skips the sha256 checksums (sizes and headers are always checked). ``mmap=True`` searches the
         embeddings file in place. Raises :class:`deeprank.errors.IndexFormatError` or
-        :class:`deeprank.errors.ModelMismatchError`.
+        :class:`deeprank.errors.ModelMismatchError`. A sharded embedding run
+        (:mod:`deeprank.embedding.shards`) opens too, its shards searched in place.
         """
         root = Path(path)
+        if is_shard_set(root):
+            return open_shard_set(cls, root, verify=verify)._use_model(model)
         manifest = read_manifest(root, verify=verify)
         count, dim = manifest["count"], manifest["dim"]
         exact = FlatIndex.load(root, mmap=mmap)
@@ -494,12 +504,16 @@ class Index:
             if len(approximate) != count:
                 raise IndexFormatError(f"{root / APPROXIMATE} holds {len(approximate)} vectors, not {count}")
             index._approximate = approximate
+        return index._use_model(model)
+
+    def _use_model(self, model: torch.nn.Module | str | os.PathLike | None) -> Index:
+        """Check ``model`` (a model or checkpoint directory) against the index and use it; returns self."""
         if model is not None:
             resolved, ckpt = resolve_model(model)
-            index._check_model(resolved)
-            index._model = resolved
-            index.checkpoint = ckpt or index.checkpoint
-        return index
+            self._check_model(resolved)
+            self._model = resolved
+            self.checkpoint = ckpt or self.checkpoint
+        return self
 
     def export(self, path: str | os.PathLike, format: str = "npy") -> list[Path]:
         """Write the embeddings for other engines; returns the files written.
@@ -508,20 +522,24 @@ class Index:
         ``dim``, ``metric``, ``model_config_hash``): row ``i`` of the array is ``ids[i]``.
         ``"faiss"``: ``index.faiss`` (an exact ``IndexFlatL2``, or the FAISS approximate index if one
         was built; FAISS row ``i`` is ``ids[i]``) plus the same ``metadata.json``.
+        ``"parquet"``: ``embeddings.parquet/part-*.parquet`` (``id``, ``path``, ``label``, ``vector``;
+        chunked, :func:`deeprank.embedding.parquet.write_parquet`) plus the same ``metadata.json``.
         """
-        if format not in ("npy", "faiss"):
-            raise ValueError(f"format must be 'npy' or 'faiss', got {format!r}")
+        if format not in ("npy", "faiss", "parquet"):
+            raise ValueError(f"format must be 'npy', 'faiss' or 'parquet', got {format!r}")
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         if format == "npy":
             with atomic_path(out / EMBEDDINGS) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, self.embeddings, allow_pickle=False)
-            written = out / EMBEDDINGS
+            written = [out / EMBEDDINGS]
+        elif format == "parquet":
+            written = write_parquet(out, self._ids, self._paths, self.embeddings)
         else:
             approximate = self._approximate
             if not isinstance(approximate, FaissIndex):
                 approximate = FaissIndex.build(self.embeddings, kind="flat")
-            written = approximate.write(out / "index.faiss")
+            written = [approximate.write(out / "index.faiss")]
         meta = {
             "ids": self._ids,
             "paths": self._paths,
@@ -530,4 +548,4 @@ class Index:
             "metric": "sqeuclidean",
             "model_config_hash": self.model_hash,
         }
-        return [written, write_json_atomic(out / "metadata.json", meta, indent=None)]
+        return [*written, write_json_atomic(out / "metadata.json", meta, indent=None)]
