@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from starlette.exceptions import HTTPException
+
+from ..data.images import ImageTooLarge, NotAnImage, UnreadableImage, decode_image
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -136,38 +137,23 @@ def _sniff(data: bytes) -> str | None:
 def decode_upload(data: bytes, *, max_pixels: int, formats: tuple[str, ...] = DEFAULT_FORMATS) -> Image.Image:
     """Decode an uploaded image fully, refusing non-images, truncated files and decompression bombs.
 
-    The pixel count is checked from the header before any pixel is decoded. Raises :class:`UploadError`
-    with 415 (not an image of an accepted format), 413 (too many pixels) or 422 (corrupt/truncated).
+    The decoding, its pixel limit (checked from the header before any pixel is decoded) and its bomb
+    check are those of every file (:func:`deeprank.data.images.decode_image`). Raises
+    :class:`UploadError` with 415 (not an image of an accepted format), 413 (too many pixels) or 422
+    (empty, corrupt or truncated).
     """
     if not data:
         raise UploadError(422, "the uploaded file is empty")
-    with warnings.catch_warnings():
-        # Pillow's own bomb check warns below 2x MAX_IMAGE_PIXELS; treat the warning as the error it is.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data), formats=list(formats))
-        except UnidentifiedImageError:
-            kind = _sniff(data)
-            if kind is not None:  # the right signature, but Pillow could not read the header
-                raise UploadError(422, f"the {kind} image is truncated or corrupt") from None
-            raise UploadError(
-                415, f"the upload is not an image in a supported format ({', '.join(formats)})"
-            ) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise UploadError(413, f"the image has more pixels than the limit of {max_pixels}") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise UploadError(422, f"the image is truncated or corrupt: {exc}") from None
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise UploadError(422, f"the image has an empty size {width}x{height}")
-        if width * height > max_pixels:
-            raise UploadError(
-                413, f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-            )
-        try:
-            image.load()  # decode now: truncated data fails here
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise UploadError(413, f"the image has more pixels than the limit of {max_pixels}") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise UploadError(422, f"the image is truncated or corrupt: {exc}") from None
-    return image
+    try:
+        return decode_image(io.BytesIO(data), name="the upload", max_pixels=max_pixels, formats=formats)
+    except ImageTooLarge as exc:
+        raise UploadError(413, f"the image has too many pixels: {exc.reason}") from None
+    except NotAnImage:
+        kind = _sniff(data)
+        if kind is not None:  # the right signature, but Pillow could not read the header
+            raise UploadError(422, f"the {kind} image is truncated or corrupt") from None
+        raise UploadError(
+            415, f"the upload is not an image in a supported format ({', '.join(formats)})"
+        ) from None
+    except UnreadableImage as exc:
+        raise UploadError(422, f"the image is truncated or corrupt: {exc.reason}") from None
