@@ -59,13 +59,14 @@ def _scan(root: Path, recursive: bool, skipped: Skipped) -> list[Path]:
     again from elsewhere a duplicate (which also bounds a tree of links to the folders it holds).
     """
     found: list[Path] = []
+    real_root = os.path.realpath(root)
     seen = {_folder_id(root): root}
     folders: list[tuple[Path, Chain]] = [(root, frozenset(seen))]
     links: deque[tuple[Path, Chain]] = deque()
     while folders or links:
         if not folders:
             link, chain = links.popleft()
-            _enter_link(link, chain, seen, folders, skipped)
+            _enter(link, chain, seen, folders, skipped, real_root)
             continue
         folder, chain = folders.pop()
         try:
@@ -85,9 +86,7 @@ def _scan(root: Path, recursive: bool, skipped: Skipped) -> list[Path]:
                 if recursive and entry.is_symlink():
                     links.append((path, chain))
                 elif recursive:
-                    ident = _folder_id(path)
-                    seen[ident] = path
-                    folders.append((path, chain | {ident}))
+                    _enter(path, chain, seen, folders, skipped, real_root)
             elif is_file:
                 if path.suffix.lower() in IMAGE_EXTENSIONS:
                     found.append(path)
@@ -98,17 +97,25 @@ def _scan(root: Path, recursive: bool, skipped: Skipped) -> list[Path]:
     return sorted(found)
 
 
-def _enter_link(
-    path: Path, chain: Chain, seen: dict[FolderId, Path], folders: list[tuple[Path, Chain]], skipped: Skipped
+def _enter(
+    path: Path,
+    chain: Chain,
+    seen: dict[FolderId, Path],
+    folders: list[tuple[Path, Chain]],
+    skipped: Skipped,
+    real_root: str,
 ) -> None:
+    """Queue the folder ``path`` for the walk unless it is a loop or was listed already."""
     try:
         ident = _folder_id(path)
+        real = os.path.realpath(path)
     except OSError as exc:
         _skip(skipped, path, f"folder not readable ({exc.strerror or exc})")
         return
-    if ident in chain:
+    # A link to a folder holding the root would list the root again, and everything beside it.
+    if ident in chain or real_root == real or real_root.startswith(real.rstrip(os.sep) + os.sep):
         _skip(skipped, path, "symbolic link loop (a folder inside itself)")
-    elif ident in seen:
+    elif ident in seen:  # a real folder met again inside a linked one, or a second link
         _skip(skipped, path, f"the same folder as {seen[ident]}, listed there")
     else:
         seen[ident] = path

@@ -72,6 +72,35 @@ def test_links_loops_and_special_files_are_skipped_and_reported(tmp_path):
     assert len(messages) == 6 and all(m.startswith("skipping ") for m in messages)
 
 
+def test_a_link_to_a_folder_above_the_listed_one_is_a_loop(tmp_path):
+    # Listing "root/sub" must not walk "root" (and "root/sub" again) through sub/up -> "..".
+    write_image(tmp_path / "beside" / "other.png")
+    write_image(tmp_path / "sub" / "mine.png")
+    os.symlink("..", tmp_path / "sub" / "up")
+    os.symlink(tmp_path, tmp_path / "sub" / "top")
+    found, skipped, _ = _listing(tmp_path / "sub")
+    assert [p.name for p in found] == ["mine.png"]
+    assert {os.path.basename(p): r for p, r in skipped.items()} == {
+        "up": "symbolic link loop (a folder inside itself)",
+        "top": "symbolic link loop (a folder inside itself)",
+    }
+
+
+def test_a_real_folder_met_again_through_a_link_is_listed_once(tmp_path):
+    # Both orders: the inner folder linked first (then met again as a real folder of the outer
+    # one), or the outer folder first (then the link to the inner one is the duplicate).
+    write_image(tmp_path / "out" / "x.png")
+    write_image(tmp_path / "out" / "in" / "y.png")
+    for first, second in (("a", "b"), ("b", "a")):
+        root = tmp_path / f"root_{first}"
+        root.mkdir()
+        os.symlink(tmp_path / "out" / "in", root / first)
+        os.symlink(tmp_path / "out", root / second)
+        found, skipped, _ = _listing(root)
+        assert sorted(p.name for p in found) == ["x.png", "y.png"], first
+        assert len(skipped) == 1 and "the same folder as" in next(iter(skipped.values()))
+
+
 def test_a_tree_of_links_is_walked_once_per_folder(tmp_path):
     # Each level links twice to the next: 2**12 paths, 13 folders. Each folder is listed once.
     for level in range(12):
