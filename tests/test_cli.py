@@ -273,3 +273,11 @@ def test_skips_are_warned_in_one_line_each_and_counted(capsys, data, tmp_path):
     assert lines[1] == "skipped 2 unreadable file(s):" and "over the limit of 50000000" in err
     code, _, err = run(capsys, "query", tmp_path / "idx", folder / "Bag" / "bomb.png")
     assert_one_line_error(code, err, "900000000 pixels, over the limit of 50000000 pixels")
+
+
+def test_a_bad_pixel_limit_setting_stops_the_command_in_one_line(capsys, data, monkeypatch, tmp_path):
+    root, ckpt, _ = data
+    monkeypatch.setenv("DEEPRANK_MAX_IMAGE_PIXELS", "lots")
+    code, _, err = run(capsys, "index", "-m", ckpt, root / "images", "-o", tmp_path / "i", "--no-progress")
+    assert_one_line_error(code, err, "DEEPRANK_MAX_IMAGE_PIXELS must be a positive whole number of pixels")
+    assert not (tmp_path / "i").exists()  # not 120 skipped images and an empty index
