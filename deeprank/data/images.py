@@ -18,7 +18,8 @@ Untrusted files (:func:`decode_image`):
   pixel is decoded, and so is Pillow's own ``DecompressionBombError``: a 48 KB PNG of 20000 x 20000
   pixels or a 45-byte header claiming 30000 x 30000 is one more unreadable file (:class:`ImageTooLarge`),
   never an abort or a 400 MB allocation. Pillow's guard (twice ``PIL.Image.MAX_IMAGE_PIXELS``) still
-  applies above ours: raise both to decode larger images.
+  applies above ours: raise both to decode larger images. Memory: decoding one image holds at most a
+  few copies of it at 4 bytes a pixel (about 0.6 GB for an RGBA image at the 50 MP limit).
 * **formats**: only the Pillow plugins of :data:`IMAGE_FORMATS` parse files (the formats of
   :data:`deeprank.data.folders.IMAGE_EXTENSIONS`); others, EPS (which runs Ghostscript) above all,
   are attack surface an image search does not need.
@@ -267,10 +268,12 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     """16-bit, 32-bit integer and float grey images as 8-bit ``L`` by the module docstring's rules."""
     mode = image.mode
     if mode.startswith("I;16") or mode == "I":
-        values = np.asarray(image).astype(np.int64)
-        if mode == "I":
-            values = values.clip(0, 65535)
-        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
+        values = np.asarray(image)
+        values = (values.clip(0, 65535) if mode == "I" else values).astype(np.uint32)
+        values *= 255  # in place, 4 bytes a pixel: at most 65535 * 255 + 32767 < 2**32
+        values += 32767
+        values //= 65535  # round(v * 255 / 65535), no ties: v / 257 is never an odd half
+        return Image.fromarray(values.astype(np.uint8), "L")
     if mode == "F":
         values = np.asarray(image, dtype=np.float32)
         if np.isnan(values).any():
