@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,6 +56,44 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _writable_output(path: str, what: str, *, folder: bool) -> Path:
+    """Check before the work that ``path`` (a folder, or a file when ``folder`` is False) can be written.
+
+    The nearest existing folder on the way must be writable; a file where a folder must go (or the
+    reverse) is refused. Errors while writing later still end as one line (``main``)."""
+    target = Path(path)
+    if target.exists() and target.is_dir() != folder:
+        raise DeeprankError(f"{what} must be a {'folder' if folder else 'file'}: {target}")
+    existing = target if folder and target.exists() else target.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DeeprankError(f"cannot write {what} {target}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DeeprankError(f"cannot write {what} {target}: permission denied in {existing}")
+    return target
+
+
 def _existing_dir(path: str, what: str) -> Path:
     p = Path(path)
     if not p.exists():
@@ -81,6 +120,7 @@ def _build_index(args: argparse.Namespace) -> Index:
     from .index import Index
 
     _existing_dir(args.folder, "image folder")
+    _writable_output(args.output, "output folder", folder=True)
     index = Index.build(
         args.model,
         args.folder,
@@ -157,6 +197,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     index = Index.load(args.index, model=args.model, verify=not args.no_verify)
     from .embedding import list_folder
 
+    if args.grid:
+        _writable_output(args.grid, "grid image", folder=False)
     queries: list[str] = []
     for image in args.images:  # a folder stands for all the images in it
         if not Path(image).exists():
@@ -185,6 +227,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_folder
 
     _existing_dir(args.folder, "image folder")
+    _writable_output(args.output, "output folder", folder=True)
     paths = evaluate_folder(
         args.model,
         args.folder,
@@ -206,6 +249,7 @@ def cmd_triplets(args: argparse.Namespace) -> int:
     from .evaluation import write_folder_triplets
 
     _existing_dir(args.folder, "image folder")
+    _writable_output(args.output, "triplet CSV", folder=False)
     count = write_folder_triplets(args.folder, args.output, per_image=args.per_image, seed=args.seed)
     print(f"wrote {count} triplets -> {args.output}")
     return 0
@@ -268,6 +312,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_k=args.max_k,
         approximate=args.approximate,
+        body_timeout_s=args.body_timeout,
+        expose_paths=args.expose_paths,
     )
     return 0
 
@@ -289,6 +335,10 @@ def _report_skipped(skipped: Sequence[tuple[str, str]]) -> None:
             print(f"  {path}: {reason}", file=sys.stderr)
         if len(skipped) > 20:
             print(f"  ... and {len(skipped) - 20} more", file=sys.stderr)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"deeprank: warning: {message}", file=file or sys.stderr)
 
 
 def _round(d: dict) -> dict:
@@ -460,11 +510,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("index", help="index directory")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="TCP port, 1-65535 (8000)")
     p.add_argument("--model", help="checkpoint for image queries (default: the index's)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted, in MiB (10)")
     p.add_argument("--max-k", type=_positive_int, default=100, help="largest k a request may ask for (100)")
     p.add_argument("--approximate", action="store_true", help="search the index's saved FAISS index")
+    p.add_argument(
+        "--body-timeout",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="time a request body may take to arrive whole; slower ones get 408 (30)",
+    )
+    p.add_argument(
+        "--expose-paths", action="store_true", help="give clients each hit's file path on this machine"
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("info", help="print build information", description="Print how deeprank was built.")
@@ -477,7 +537,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning  # skipped files etc.: one line each, no source
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("deeprank: interrupted", file=sys.stderr)
         return 130
@@ -485,12 +547,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
-    except (DeeprankError, FileNotFoundError, NotADirectoryError, ValueError, KeyError) as exc:
+    except (DeeprankError, OSError, ValueError, KeyError) as exc:  # OSError: unwritable output, full disk
         if args.debug:
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in str(exc):
-            message = f"{exc.strerror or 'not found'}: {exc.filename}"
+        if isinstance(exc, OSError) and exc.filename and exc.strerror:
+            message = f"{exc.strerror}: {exc.filename}"
         print(f"deeprank: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 

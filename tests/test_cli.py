@@ -1,14 +1,19 @@
 """The ``deeprank`` command: help for every sub-command, one-line errors, and the end-to-end flow."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from hostile_files import png_header
+from unprivileged import run_cli, shared_dir, writable_dir
 
 from deeprank import cli
 from deeprank.data import export_image_folder, load_fashion_mnist, read_triplet_csv
+from deeprank.index import Index
 from deeprank.models import MultiScaleNet
 from deeprank.models.checkpoint import save_checkpoint
 
@@ -185,3 +190,96 @@ def test_demo_quick_writes_table_and_figures(capsys, tmp_path):
         0 <= r["similarity_precision"] <= 1 and 0 <= r["mean_average_precision_at_r"] <= 1 for r in rows
     )
     assert str(demo) in out and "| multiscale (DeepRanking) |" in out
+
+
+# ------------------------------------------------------------------ outputs that cannot be written
+
+
+@pytest.fixture(scope="module")
+def shared_data():
+    """30 images and a checkpoint in a folder every user may read, and an output folder none may write."""
+    root = shared_dir("deeprank-cli-")
+    images, labels = load_fashion_mnist("test")
+    export_image_folder(images[:30], labels[:30], root / "images")
+    torch.manual_seed(0)
+    save_checkpoint(root / "ckpt", MultiScaleNet(in_channels=1, embedding_dim=16))
+    for folder, _, files in os.walk(root):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+    (root / "readonly").mkdir(mode=0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_unwritable_output_folders_are_one_line(shared_data):
+    root, ro = shared_data, shared_data / "readonly"
+    home = writable_dir(root, "home-unwritable")
+    index_dir = Index.build(root / "ckpt", root / "images", progress=False).save(home / "idx")
+    for folder, _, files in os.walk(index_dir):  # written 0700/0600: temporary files renamed into place
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+    query = sorted((root / "images").rglob("*.png"))[0]
+    calls = {
+        "index": ["index", "-m", root / "ckpt", root / "images", "-o", ro / "idx", "--no-progress"],
+        "embed": ["embed", "-m", root / "ckpt", root / "images", "-o", ro / "emb", "--no-progress"],
+        "evaluate": ["evaluate", "-m", root / "ckpt", root / "images", "-o", ro / "ev", "--no-progress"],
+        "triplets": ["triplets", root / "images", "-o", ro / "t.csv"],
+        "query --grid": ["query", home / "idx", query, "--grid", ro / "g.png"],
+        "deeper": ["index", "-m", root / "ckpt", root / "images", "-o", ro / "a" / "b", "--no-progress"],
+    }
+    for name, result in zip(calls, run_cli(list(calls.values()), home=home), strict=True):
+        assert result["traceback"] is None, (name, result["traceback"])
+        assert_one_line_error(result["code"], result["stderr"], f"permission denied in {ro}")
+        assert not any(ro.iterdir()), name
+
+
+def test_outputs_in_the_way_are_one_line(capsys, data, tmp_path):
+    root, ckpt, _ = data
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for command in ("index", "embed", "evaluate"):
+        code, _, err = run(capsys, command, "-m", ckpt, root / "images", "-o", a_file, "--no-progress")
+        assert_one_line_error(code, err, f"output folder must be a folder: {a_file}")
+        code, _, err = run(
+            capsys, command, "-m", ckpt, root / "images", "-o", a_file / "sub", "--no-progress"
+        )
+        assert_one_line_error(code, err, f"{a_file} is a file, not a folder")
+    code, _, err = run(capsys, "triplets", root / "images", "-o", tmp_path)
+    assert_one_line_error(code, err, f"triplet CSV must be a file: {tmp_path}")
+
+
+def test_os_errors_while_writing_are_one_line(capsys, data, monkeypatch, tmp_path):
+    import deeprank.evaluation
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "t.csv"))
+
+    monkeypatch.setattr(deeprank.evaluation, "write_folder_triplets", full_disk)
+    code, _, err = run(capsys, "triplets", data[0] / "images", "-o", tmp_path / "t.csv")
+    assert_one_line_error(code, err, f"No space left on device: {tmp_path / 't.csv'}")
+
+
+def test_skips_are_warned_in_one_line_each_and_counted(capsys, data, tmp_path):
+    root, ckpt, _ = data
+    folder = tmp_path / "images"
+    shutil.copytree(root / "images" / "Bag", folder / "Bag")
+    os.symlink("..", folder / "Bag" / "loop")
+    (folder / "Bag" / "bomb.png").write_bytes(png_header(30000, 30000))
+    code, out, err = run(capsys, "index", "-m", ckpt, folder, "-o", tmp_path / "idx", "--no-progress")
+    assert code == 0 and "indexed 12 images" in out, err
+    lines = err.strip().splitlines()
+    loop = folder / "Bag" / "loop"
+    assert lines[0] == f"deeprank: warning: skipping {loop}: symbolic link loop (a folder inside itself)"
+    assert lines[1] == "skipped 2 unreadable file(s):" and "over the limit of 50000000" in err
+    code, _, err = run(capsys, "query", tmp_path / "idx", folder / "Bag" / "bomb.png")
+    assert_one_line_error(code, err, "900000000 pixels, over the limit of 50000000 pixels")
+
+
+def test_a_bad_pixel_limit_setting_stops_the_command_in_one_line(capsys, data, monkeypatch, tmp_path):
+    root, ckpt, _ = data
+    monkeypatch.setenv("DEEPRANK_MAX_IMAGE_PIXELS", "lots")
+    code, _, err = run(capsys, "index", "-m", ckpt, root / "images", "-o", tmp_path / "i", "--no-progress")
+    assert_one_line_error(code, err, "DEEPRANK_MAX_IMAGE_PIXELS must be a positive whole number of pixels")
+    assert not (tmp_path / "i").exists()  # not 120 skipped images and an empty index

@@ -5,10 +5,19 @@
   label is the first folder below ``root`` on its path; images directly in ``root`` have none and are
   left out. Training, evaluation, ``deeprank triplets`` and the demo all label folders this way.
 * :class:`UnlabelledFolder`: every image is its own instance (the applied report's client data).
+
+Nothing under a folder is dropped without a word: a sub-folder that cannot be read, a symbolic link
+loop, a second link to a folder already listed, and an image name that is not a readable file (a
+broken link, a FIFO) are each skipped with a ``RuntimeWarning`` and recorded as ``(path, reason)``
+(``skipped`` of the listing), the pairs :attr:`deeprank.embedding.EmbedResult.skipped` holds for
+unreadable images. Symbolic links to folders are followed (collections are often assembled from them).
 """
 
 from __future__ import annotations
 
+import os
+import warnings
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +28,114 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
 
+Skipped = list[tuple[str, str]]
 
-def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
-    """Image files (by extension, case-insensitive) under ``folder``, sorted; hidden files skipped."""
+
+def _skip(skipped: Skipped, path: str | Path, reason: str) -> None:
+    skipped.append((str(path), reason))
+    warnings.warn(f"skipping {path}: {reason}", RuntimeWarning, stacklevel=4)
+
+
+FolderId = tuple[int, int]  # (device, inode)
+Chain = frozenset[FolderId]  # the folders above one being walked
+
+
+def _folder_id(path: Path) -> FolderId:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:
+        return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name, reverse=True)
+
+
+def _scan(root: Path, recursive: bool, skipped: Skipped) -> list[Path]:
+    """Image files under ``root`` (sorted); problems below ``root`` go to ``skipped`` (module docstring).
+
+    Real folders are walked first, depth first in name order and without recursion (a deep hostile
+    tree cannot exhaust the Python stack); linked folders after them, so a folder reached both ways
+    is listed at its real path. Each folder is entered once: again from inside itself is a loop,
+    again from elsewhere a duplicate (which also bounds a tree of links to the folders it holds).
+    """
+    found: list[Path] = []
+    real_root = os.path.realpath(root)
+    seen = {_folder_id(root): root}
+    folders: list[tuple[Path, Chain]] = [(root, frozenset(seen))]
+    links: deque[tuple[Path, Chain]] = deque()
+    while folders or links:
+        if not folders:
+            link, chain = links.popleft()
+            _enter(link, chain, seen, folders, skipped, real_root)
+            continue
+        folder, chain = folders.pop()
+        try:
+            entries = _entries(folder)
+        except OSError as exc:
+            if folder == root:
+                raise  # the folder asked for: an error of the caller's, not a skip
+            _skip(skipped, folder, f"folder not readable ({exc.strerror or exc})")
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()  # both follow symbolic links
+            except OSError:  # a link looping on itself
+                is_dir = is_file = False
+            if is_dir:
+                if recursive and entry.is_symlink():
+                    links.append((path, chain))
+                elif recursive:
+                    _enter(path, chain, seen, folders, skipped, real_root)
+            elif is_file:
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    found.append(path)
+            elif entry.is_symlink():
+                _skip(skipped, path, "broken symbolic link")
+            elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                _skip(skipped, path, "not a regular file")
+    return sorted(found)
+
+
+def _enter(
+    path: Path,
+    chain: Chain,
+    seen: dict[FolderId, Path],
+    folders: list[tuple[Path, Chain]],
+    skipped: Skipped,
+    real_root: str,
+) -> None:
+    """Queue the folder ``path`` for the walk unless it is a loop or was listed already."""
+    try:
+        ident = _folder_id(path)
+        real = os.path.realpath(path)
+    except OSError as exc:
+        _skip(skipped, path, f"folder not readable ({exc.strerror or exc})")
+        return
+    # A link to a folder holding the root would list the root again, and everything beside it.
+    if ident in chain or real_root == real or real_root.startswith(real.rstrip(os.sep) + os.sep):
+        _skip(skipped, path, "symbolic link loop (a folder inside itself)")
+    elif ident in seen:  # a real folder met again inside a linked one, or a second link
+        _skip(skipped, path, f"the same folder as {seen[ident]}, listed there")
+    else:
+        seen[ident] = path
+        folders.append((path, chain | {ident}))
+
+
+def _check_folder(folder: str | Path) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"image folder not found: {folder}")
-    pattern = folder.rglob("*") if recursive else folder.glob("*")
-    found = [
-        p
-        for p in pattern
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    ]
-    return sorted(found)
+    return folder
+
+
+def list_images(folder: str | Path, recursive: bool = True, *, skipped: Skipped | None = None) -> list[Path]:
+    """Image files (by extension, case-insensitive) under ``folder``, sorted; hidden files skipped.
+
+    Entries that cannot be listed or read (module docstring) are warned about and appended to
+    ``skipped`` when given. ``folder`` itself unreadable raises ``PermissionError``.
+    """
+    return _scan(_check_folder(folder), recursive, [] if skipped is None else skipped)
 
 
 def category_of(relative_path: str | Path) -> str | None:
@@ -50,31 +152,29 @@ class ImageFolder:
     """Images in one sub-folder per category.
 
     Attributes: ``root``, ``classes`` (sorted sub-folder names), ``paths`` (list of ``Path``),
-    ``labels`` (``int64 [N]``, index into ``classes``). Images directly in ``root`` are ignored
-    (:func:`category_of` is the same rule for one path).
+    ``labels`` (``int64 [N]``, index into ``classes``), ``skipped`` (``(path, reason)`` of what could
+    not be listed, module docstring). Images directly in ``root`` are ignored (:func:`category_of` is
+    the same rule for one path).
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise NotADirectoryError(f"image folder not found: {self.root}")
-        subfolders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.root = _check_folder(root)
+        self.skipped: Skipped = []
+        categories: dict[str, int] = {}
         paths: list[Path] = []
         labels: list[int] = []
-        classes: list[str] = []
-        for folder in subfolders:
-            images = list_images(folder)
-            if not images:
+        for path in _scan(self.root, True, self.skipped):
+            category = category_of(path.relative_to(self.root))
+            if category is None:
                 continue
-            classes.append(folder.name)
-            paths += images
-            labels += [len(classes) - 1] * len(images)
+            paths.append(path)
+            labels.append(categories.setdefault(category, len(categories)))
         if not paths:
             raise ValueError(
                 f"{self.root} holds no images in sub-folders; expected one sub-folder per category "
                 "(use an unlabelled folder for flat collections)"
             )
-        self.classes = classes
+        self.classes = list(categories)  # sorted: the paths come sorted, categories first
         self.paths = paths
         self.labels = np.asarray(labels, dtype=np.int64)
 
@@ -83,11 +183,13 @@ class ImageFolder:
 
 
 class UnlabelledFolder:
-    """Every image under ``root`` is its own instance (``labels`` = ``0..N-1``)."""
+    """Every image under ``root`` is its own instance (``labels`` = ``0..N-1``); ``skipped`` as in
+    :class:`ImageFolder`."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.paths = list_images(self.root)
+        self.skipped: Skipped = []
+        self.paths = list_images(self.root, skipped=self.skipped)
         if len(self.paths) < 2:
             raise ValueError(f"{self.root} must hold at least 2 images for instance training")
         self.labels = np.arange(len(self.paths), dtype=np.int64)

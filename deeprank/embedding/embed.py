@@ -115,14 +115,18 @@ def embed_images(
     return EmbedResult(out[: len(kept_all)], np.asarray(kept_all, dtype=np.int64), skipped_all)
 
 
-def list_folder(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
-    """Image files under ``folder`` (sorted), with a clear error when the folder is missing or empty."""
+def list_folder(
+    folder: str | os.PathLike, recursive: bool = True, *, skipped: list[tuple[str, str]] | None = None
+) -> list[Path]:
+    """Image files under ``folder`` (sorted), with a clear error when the folder is missing or empty.
+
+    What cannot be listed (unreadable sub-folders, link loops) is appended to ``skipped``."""
     root = Path(folder)
     if not root.exists():
         raise FileNotFoundError(f"folder not found: {root}")
     if not root.is_dir():
         raise DeeprankError(f"not a folder: {root}")
-    files = [Path(f) for f in list_images(root, recursive=recursive)]
+    files = list_images(root, recursive=recursive, skipped=skipped)
     if not files:
         raise EmptyCollectionError(f"no images found in {root}")
     return files
@@ -141,8 +145,9 @@ def embed_folder(
 
     ``workers`` as in :func:`embed_images` (default: worker processes when there is more than a batch).
     """
-    files = list_folder(folder, recursive)
+    unlisted: list[tuple[str, str]] = []
+    files = list_folder(folder, recursive, skipped=unlisted)
     res = embed_images(model, files, batch_size=batch_size, progress=progress, workers=workers)
     if res.embeddings.shape[0] == 0:
         raise EmptyCollectionError(f"none of the {len(files)} files in {folder} could be read as an image")
-    return res.embeddings, [files[i] for i in res.kept], res.skipped
+    return res.embeddings, [files[i] for i in res.kept], unlisted + res.skipped

@@ -1,7 +1,8 @@
 """Queries -> vectors: every form a search accepts, turned into float32 embeddings ``[M, d]``.
 
 Accepted: an image path, a folder of images, a PIL image, a list of paths / PIL images, an image
-array ``[N, C, H, W]`` or ``[C, H, W]`` (uint8, or floats in ``[0, 1]``), embedding vectors ``[M, d]``
+array in a layout of :data:`deeprank.data.images.ARRAY_LAYOUTS` (``[N, C, H, W]``, ``[C, H, W]``,
+grey ``[N, H, W]``, uint8 ``[H, W, C]`` as ``numpy.asarray(pil_image)``), embedding vectors ``[M, d]``
 or ``[d]`` (numpy, torch or anything ``numpy.asarray`` takes), or another embedded collection (a
 :class:`deeprank.Index`: its vectors, after checking it was built with the same model). Images are
 embedded with the model, which is asked for only when an image needs it.

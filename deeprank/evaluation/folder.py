@@ -141,7 +141,7 @@ def evaluate_folder(
     info = {
         "folder": str(Path(folder).resolve()),
         "images": len(files),
-        "skipped": len(skipped),
+        "skipped": len(collection.skipped) + len(skipped),
         "triplets": f"{len(triplets)} " + ("from " + str(triplets_csv) if triplets_csv else "sampled"),
     }
     written = list(write_results(table, out, info))

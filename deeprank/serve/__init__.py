@@ -7,7 +7,7 @@
     app = create_app("photos.index")                           # a FastAPI app for your own ASGI server
 
 Endpoints: ``GET /`` (the page), ``POST /search`` (multipart: ``image`` file or ``id``, and ``k``),
-``GET /images/{id}``, ``GET /items``, ``GET /health`` and ``GET /openapi.json`` (no ``/docs``: Swagger UI
+``GET /images?id=ID``, ``GET /items``, ``GET /health`` and ``GET /openapi.json`` (no ``/docs``: Swagger UI
 would load its scripts from a CDN, and the page loads nothing from other origins).
 """
 

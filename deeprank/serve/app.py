@@ -1,16 +1,20 @@
-"""The FastAPI application: the search page, ``POST /search``, ``GET /images/{id}``, ``GET /health``.
+"""The FastAPI application: the search page, ``POST /search``, ``GET /images?id=``, ``GET /health``.
 
 Every answer a client can provoke is JSON ``{"detail": "<one clear sentence>"}`` with a 4xx status:
 413 (body or image too large), 415 (not an image), 422 (truncated or corrupt image, bad ``k``),
-404 (unknown id), 400 (neither or both of ``image`` and ``id``).
+404 (unknown id), 400 (neither or both of ``image`` and ``id``), 408 (a body that did not arrive in
+time). Ids are echoed cut to 80 characters. Answers name items by id and image URL; the server's file
+paths only with ``expose_paths=True``.
 """
 
 import asyncio
+import json
 import os
 import time
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -18,13 +22,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from ..data.images import max_image_pixels
 from ..index import Index
-from .service import SearchService, image_url
+from .service import SearchService, image_url, short_id
 from .uploads import DEFAULT_FORMATS, BodyLimitMiddleware, UploadError
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_K = 100
+DEFAULT_BODY_TIMEOUT_S = 30.0
 # Room for the multipart boundaries and the small form fields around the file.
 _MULTIPART_OVERHEAD = 64 * 1024
 
@@ -47,12 +52,22 @@ _IMAGE_TYPES = {
 }
 
 
+class JSONAnswer(JSONResponse):
+    """JSON with non-ASCII escaped: ids from undecodable file names (surrogate escapes) stay valid."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 class Hit(BaseModel):
     rank: int = Field(description="1 for the nearest item")
     id: str | int
-    path: str | None = Field(description="the image file recorded in the index (None for vectors)")
     distance: float = Field(description="squared Euclidean distance between embeddings")
     image_url: str
+
+
+class HitWithPath(Hit):
+    path: str | None = Field(description="the image file recorded in the index (None for vectors)")
 
 
 class QueryInfo(BaseModel):
@@ -69,6 +84,10 @@ class SearchResponse(BaseModel):
     k: int = Field(description="number of hits returned (the k asked, at most the index size)")
     hits: list[Hit]
     took_ms: float
+
+
+class SearchResponseWithPaths(SearchResponse):
+    hits: list[HitWithPath]
 
 
 class Health(BaseModel):
@@ -99,6 +118,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, text in {
         400: "neither or both of image and id",
         404: "unknown id",
+        408: "the request body did not arrive in time",
         413: "upload or image too large",
         415: "not an image in a supported format",
         422: "truncated or corrupt image, or invalid k",
@@ -115,7 +135,9 @@ def create_app(
     *,
     model: Any = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = None,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    expose_paths: bool = False,
     max_k: int = DEFAULT_MAX_K,
     default_k: int = 12,
     max_batch: int = 32,
@@ -131,7 +153,10 @@ def create_app(
         index: the index, or its directory for :meth:`Index.load`.
         model: a model or checkpoint directory for image queries (default: the index's checkpoint).
         max_upload_bytes: largest accepted upload; bigger bodies get 413 while still streaming in.
-        max_pixels: largest accepted image (width x height), checked before decoding (decompression bombs).
+        max_pixels: largest accepted image (width x height), checked before decoding (decompression
+            bombs); default :func:`deeprank.data.images.max_image_pixels`, the limit of every command.
+        body_timeout_s: seconds a request body may take to arrive whole (408 after that).
+        expose_paths: give each hit's file path on the server too (default: ids and image URLs only).
         max_k: largest ``k`` a client may ask for; ``default_k`` is the page's initial value.
         max_batch, max_wait_ms: micro-batching of concurrent queries (``max_batch=1`` turns it off).
         max_concurrent_decodes: uploads decoded at once (bounds memory under a flood of large images).
@@ -139,8 +164,14 @@ def create_app(
         approximate: search with the index's FAISS index (saved with it) instead of exact search.
         verify: check the index checksums on load.
     """
-    for name, value in (("max_upload_bytes", max_upload_bytes), ("max_pixels", max_pixels), ("max_k", max_k)):
-        if int(value) < 1:
+    max_pixels = max_image_pixels() if max_pixels is None else max_pixels
+    for name, value in (
+        ("max_upload_bytes", max_upload_bytes),
+        ("max_pixels", max_pixels),
+        ("max_k", max_k),
+        ("body_timeout_s", body_timeout_s),
+    ):
+        if not value > 0:
             raise ValueError(f"{name} must be positive, got {value}")
     if not 1 <= default_k <= max_k:
         raise ValueError(f"default_k must be between 1 and max_k={max_k}, got {default_k}")
@@ -174,9 +205,12 @@ def create_app(
         docs_url=None,  # Swagger UI would load from a CDN; the schema is at /openapi.json
         redoc_url=None,
         lifespan=lifespan,
+        default_response_class=JSONAnswer,
     )
     app.state.service = service
-    app.add_middleware(BodyLimitMiddleware, limit=int(max_upload_bytes) + _MULTIPART_OVERHEAD)
+    app.add_middleware(
+        BodyLimitMiddleware, limit=int(max_upload_bytes) + _MULTIPART_OVERHEAD, timeout_s=body_timeout_s
+    )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -185,11 +219,11 @@ def create_app(
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
             parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg")))
-        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+        return JSONAnswer({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
 
     @app.exception_handler(UploadError)
     async def _upload_error(_: Request, exc: UploadError) -> JSONResponse:
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+        return JSONAnswer({"detail": exc.message}, status_code=exc.status)
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
@@ -226,15 +260,18 @@ def create_app(
         ids = service.ids[offset : offset + limit]
         return {"count": len(index), "offset": offset, "ids": ids}
 
-    @app.get("/images/{item_id:path}", responses={404: _ERRORS[404]}, response_class=FileResponse)
-    async def image(item_id: str) -> FileResponse:
+    @app.get("/images", responses={404: _ERRORS[404]}, response_class=FileResponse)
+    async def image(
+        request: Request, item_id: Annotated[str, Query(alias="id", description="the item's id")]
+    ) -> FileResponse:
         """The collection image of an item, looked up by id (never by a client-given path)."""
+        item_id = _exact_query_value(request, "id", item_id)
         try:
             path = service.image_path(item_id)
         except KeyError:
-            raise HTTPException(404, f"no item with id {item_id!r}") from None
+            raise HTTPException(404, f"no item with id {short_id(item_id)}") from None
         if path is None or not path.is_file():
-            raise HTTPException(404, f"item {item_id!r} has no image file")
+            raise HTTPException(404, f"item {short_id(item_id)} has no image file")
         media = _IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream")
         return FileResponse(
             path,
@@ -242,8 +279,13 @@ def create_app(
             headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
         )
 
-    @app.post("/search", response_model=SearchResponse, responses=_ERRORS)
+    @app.post(
+        "/search",
+        response_model=SearchResponseWithPaths if expose_paths else SearchResponse,
+        responses=_ERRORS,
+    )
     async def search(
+        request: Request,
         image: Annotated[UploadFile | None, File(description="a query image (PNG, JPEG, ...)")] = None,
         item_id: Annotated[
             str | None, Form(alias="id", description="search from this item of the index")
@@ -252,6 +294,8 @@ def create_app(
     ) -> dict[str, Any]:
         """The ``k`` nearest items to an uploaded image or to an item already in the index."""
         start = time.perf_counter()
+        if item_id is None and image is None and "id" in await request.form():
+            item_id = ""  # FastAPI reads an empty field as absent; "" is an id like any other
         if (image is None) == (item_id is None):
             raise HTTPException(400, "send exactly one of: an image file (field 'image') or an id ('id')")
         service.queries_in_flight += 1
@@ -265,7 +309,7 @@ def create_app(
             try:
                 key = service.resolve_id(item_id)
             except KeyError:
-                raise HTTPException(404, f"no item with id {item_id!r}") from None
+                raise HTTPException(404, f"no item with id {short_id(item_id)}") from None
             vector = index.vector(key)
             query: dict[str, Any] = {"kind": "id", "id": key, "image_url": image_url(key)}
         else:
@@ -289,6 +333,8 @@ def create_app(
         hits = await service.neighbours(vector, k)
         for hit in hits:
             hit["image_url"] = image_url(hit["id"])
+            if not expose_paths:
+                del hit["path"]
         return {
             "query": query,
             "k": len(hits),
@@ -297,6 +343,16 @@ def create_app(
         }
 
     return app
+
+
+def _exact_query_value(request: Request, name: str, parsed: str) -> str:
+    """``name`` from the raw query string, undecodable bytes kept as surrogate escapes (as file names
+    are), so an id made from any file name comes back exactly; ``parsed`` when nothing differs."""
+    raw = request.scope.get("query_string", b"").decode("latin-1")
+    for key, value in parse_qsl(raw, keep_blank_values=True, encoding="utf-8", errors="surrogateescape"):
+        if key == name:
+            return value
+    return parsed
 
 
 def _page_headers() -> dict[str, str]:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import DeeprankError
 from ..index import Index
 from .app import create_app
 
@@ -27,22 +28,33 @@ def run(
     """Load the index (and its model) once and serve it until interrupted (Ctrl-C).
 
     ``app_options`` go to :func:`deeprank.serve.create_app` (``model``, ``max_upload_bytes``, ``max_k``,
-    ``max_batch``, ...). The default host only accepts connections from this machine.
+    ``max_batch``, ``expose_paths``, ...). The default host only accepts connections from this machine.
+    A port that cannot be listened on raises :class:`deeprank.errors.DeeprankError` before serving.
     """
+    sock = _listen(host, port)  # first: a taken port is said before a long index load
+    try:
+        _serve(sock, create_app(index_dir, **app_options), host, log_level)
+    finally:
+        sock.close()
+
+
+def _serve(sock: socket.socket, app: Any, host: str, log_level: str) -> None:
     import uvicorn
 
-    app = create_app(index_dir, **app_options)
+    port = sock.getsockname()[1]
     if not _is_loopback(host):
         print(
             f"deeprank serve: listening on {host}, reachable from other machines; there is no authentication",
             file=sys.stderr,
         )
     service = app.state.service
+    if service.model is None:
+        print(f"deeprank serve: no search by image: {service.model_error}", file=sys.stderr)
     print(
         f"deeprank serve: {len(service.index)} items (d={service.index.dim}) at http://{_url_host(host)}:{port}/",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False)).run(sockets=[sock])
 
 
 @contextlib.contextmanager
@@ -61,9 +73,7 @@ def serve_in_thread(
     import uvicorn
 
     app = app_or_index if hasattr(app_or_index, "router") else create_app(app_or_index, **app_options)
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    sock = _listen(host, port)
     bound_port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
@@ -82,6 +92,20 @@ def serve_in_thread(
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``; a port out of range or taken, or a bad host, is one clear error."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise DeeprankError(f"port must be a whole number from 1 to 65535 (0: any free port), got {port!r}")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:  # gaierror (unknown host) included
+        sock.close()
+        raise DeeprankError(f"cannot listen on {_url_host(host)}:{port}: {exc.strerror or exc}") from None
+    return sock
 
 
 def _is_loopback(host: str) -> bool:

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
-from ..data.images import image_tensor
+from ..data.images import image_tensor, max_image_pixels
 from ..embedding import model_geometry
 from ..errors import DeeprankError
 from ..index import Index
@@ -21,8 +21,19 @@ from .uploads import DEFAULT_FORMATS, UploadError, decode_upload, supported_form
 
 
 def image_url(item_id: Any) -> str:
-    """The URL path serving an item's image (the id percent-encoded, slashes included)."""
-    return "/images/" + quote(str(item_id), safe="")
+    """The URL serving an item's image: ``/images?id=`` and the id percent-encoded, every character.
+
+    A query string, not a path segment: clients and browsers rewrite ``.`` and ``..`` path segments
+    (``%2e%2e`` included) and routers match no newline, so only this form takes every id there and
+    back. Bytes of an undecodable file name (surrogate escapes) are encoded as the bytes they were.
+    """
+    return "/images?id=" + quote(str(item_id), safe="", errors="surrogateescape")
+
+
+def short_id(text: Any, limit: int = 80) -> str:
+    """An id for a message: its ``repr``, cut to ``limit`` characters with the full length said."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(str(text))} characters)"
 
 
 @dataclass
@@ -48,7 +59,7 @@ class SearchService:
         *,
         max_batch: int = 32,
         max_wait_s: float = 0.002,
-        max_pixels: int = 50_000_000,
+        max_pixels: int | None = None,
         formats: tuple[str, ...] = DEFAULT_FORMATS,
         approximate: bool = False,
     ) -> None:
@@ -58,7 +69,7 @@ class SearchService:
             raise DeeprankError("approximate search needs an index saved with an approximate (FAISS) index")
         self.approximate = bool(approximate)
         self.index = index
-        self.max_pixels = int(max_pixels)
+        self.max_pixels = max_image_pixels() if max_pixels is None else int(max_pixels)
         self.formats = supported_formats(formats)
         self.model: torch.nn.Module | None
         self.model_error: str | None = None
@@ -123,8 +134,8 @@ class SearchService:
 
     def prepare_upload(self, data: bytes) -> PreparedImage:
         """Decode untrusted bytes and resize them to the model input (call from a worker thread)."""
-        if self.model is None:
-            raise UploadError(422, f"this server cannot search by image: {self.model_error}")
+        if self.model is None:  # the reason (model_error) may name server paths: said at startup only
+            raise UploadError(422, "this server has no model, so it cannot search by image")
         image = decode_upload(data, max_pixels=self.max_pixels, formats=self.formats)
         try:
             pixels = image_tensor(image, self.image_size, self.channels)

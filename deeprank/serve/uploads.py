@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
-import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from starlette.exceptions import HTTPException
+
+from ..data.images import ImageTooLarge, NotAnImage, UnreadableImage, decode_image
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,20 +38,30 @@ class BodyTooLarge(HTTPException):
 
     def __init__(self, limit: int) -> None:
         self.message = f"request body is larger than the limit of {limit} bytes"
-        super().__init__(413, self.message)
+        super().__init__(413, self.message, headers={"Connection": "close"})
+
+
+class BodyTimeout(HTTPException):
+    """Raised from ``receive`` when a body has not arrived whole in time (408, as :class:`BodyTooLarge`)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.message = f"the request body did not arrive within {timeout_s:g} seconds"
+        super().__init__(408, self.message, headers={"Connection": "close"})
 
 
 class BodyLimitMiddleware:
-    """ASGI middleware answering 413 once a request body passes ``limit`` bytes.
+    """ASGI middleware bounding request bodies in bytes (413) and in time (408).
 
-    A declared ``Content-Length`` over the limit is refused before any of the body is read; otherwise
+    A declared ``Content-Length`` over ``limit`` is refused before any of the body is read; otherwise
     the bytes are counted as they arrive, so an endless chunked upload is cut off at the limit instead
-    of being spooled to disk first.
+    of being spooled to disk first. The whole body must arrive within ``timeout_s`` seconds of the
+    request's start, so a client dripping it a byte at a time holds the request that long at most.
     """
 
-    def __init__(self, app: Callable[..., Awaitable[None]], limit: int) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], limit: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.limit = int(limit)
+        self.timeout_s = float(timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,16 +77,25 @@ class BodyLimitMiddleware:
                 if declared > self.limit:
                     await _json_response(send, 413, BodyTooLarge(self.limit).message)
                     return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         seen = 0
+        body_done = False
         started = False
 
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal seen, body_done
+            if body_done:  # after the body: waiting for a disconnect is not bounded here
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise BodyTimeout(self.timeout_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise BodyTooLarge(self.limit)
+                body_done = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -84,11 +105,11 @@ class BodyLimitMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge as exc:
+            await self.app(scope, guarded_receive, tracking_send)
+        except (BodyTooLarge, BodyTimeout) as exc:
             if started:  # cannot change a response already under way
                 raise
-            await _json_response(send, 413, exc.message)
+            await _json_response(send, exc.status_code, exc.message)
 
 
 async def _json_response(send: Send, status: int, message: str) -> None:
@@ -136,38 +157,23 @@ def _sniff(data: bytes) -> str | None:
 def decode_upload(data: bytes, *, max_pixels: int, formats: tuple[str, ...] = DEFAULT_FORMATS) -> Image.Image:
     """Decode an uploaded image fully, refusing non-images, truncated files and decompression bombs.
 
-    The pixel count is checked from the header before any pixel is decoded. Raises :class:`UploadError`
-    with 415 (not an image of an accepted format), 413 (too many pixels) or 422 (corrupt/truncated).
+    The decoding, its pixel limit (checked from the header before any pixel is decoded) and its bomb
+    check are those of every file (:func:`deeprank.data.images.decode_image`). Raises
+    :class:`UploadError` with 415 (not an image of an accepted format), 413 (too many pixels) or 422
+    (empty, corrupt or truncated).
     """
     if not data:
         raise UploadError(422, "the uploaded file is empty")
-    with warnings.catch_warnings():
-        # Pillow's own bomb check warns below 2x MAX_IMAGE_PIXELS; treat the warning as the error it is.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data), formats=list(formats))
-        except UnidentifiedImageError:
-            kind = _sniff(data)
-            if kind is not None:  # the right signature, but Pillow could not read the header
-                raise UploadError(422, f"the {kind} image is truncated or corrupt") from None
-            raise UploadError(
-                415, f"the upload is not an image in a supported format ({', '.join(formats)})"
-            ) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise UploadError(413, f"the image has more pixels than the limit of {max_pixels}") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise UploadError(422, f"the image is truncated or corrupt: {exc}") from None
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise UploadError(422, f"the image has an empty size {width}x{height}")
-        if width * height > max_pixels:
-            raise UploadError(
-                413, f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-            )
-        try:
-            image.load()  # decode now: truncated data fails here
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise UploadError(413, f"the image has more pixels than the limit of {max_pixels}") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise UploadError(422, f"the image is truncated or corrupt: {exc}") from None
-    return image
+    try:
+        return decode_image(io.BytesIO(data), name="the upload", max_pixels=max_pixels, formats=formats)
+    except ImageTooLarge as exc:
+        raise UploadError(413, f"the image has too many pixels: {exc.reason}") from None
+    except NotAnImage:
+        kind = _sniff(data)
+        if kind is not None:  # the right signature, but Pillow could not read the header
+            raise UploadError(422, f"the {kind} image is truncated or corrupt") from None
+        raise UploadError(
+            415, f"the upload is not an image in a supported format ({', '.join(formats)})"
+        ) from None
+    except UnreadableImage as exc:
+        raise UploadError(422, f"the image is truncated or corrupt: {exc.reason}") from None

@@ -278,6 +278,7 @@ class InstanceSource(Source):
         self, root: str, config: TrainConfig, image_size: int, channels: int, skipped: SkippedImages
     ):
         self.folder = UnlabelledFolder(root)
+        skipped.paths.update(path for path, _ in self.folder.skipped)  # already warned about
         self.store = ImageStore(self.folder.paths, image_size, channels, config.max_cache_bytes)
         self.image_size, self.channels = image_size, channels
         self.skipped = skipped
@@ -366,6 +367,7 @@ def build_source(
     if kind == "unlabelled":
         return InstanceSource(config.data, config, image_size, channels, skipped), {}
     folder = ImageFolder(config.data)
+    skipped.paths.update(path for path, _ in folder.skipped)  # unlistable entries: already warned about
     store = ImageStore(folder.paths, image_size, channels, config.max_cache_bytes)
     relevance = build_relevance(config, list(range(len(folder))), folder.labels, store, folder)
     desc = {"kind": "folder", "path": str(folder.root), "images": len(folder), "classes": folder.classes}

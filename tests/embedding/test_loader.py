@@ -88,4 +88,4 @@ def test_decode_source_reports_reason(tmp_path):
     assert pixels is None and reason == "file not found"
     (tmp_path / "x.png").write_bytes(b"junk")
     pixels, reason = decode_source(tmp_path / "x.png", 28, 3)
-    assert pixels is None and "UnidentifiedImageError" in reason
+    assert pixels is None and "not an image" in reason

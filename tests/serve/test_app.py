@@ -9,8 +9,10 @@ import pytest
 from PIL import Image
 from serve_support import MAX_UPLOAD, png_bytes, upload
 
+from deeprank.data.images import MAX_IMAGE_PIXELS_ENV
 from deeprank.index import Index
 from deeprank.serve import create_app, serve_in_thread
+from deeprank.serve.service import image_url
 
 
 def test_health_describes_the_index(client, index):
@@ -23,11 +25,12 @@ def test_health_describes_the_index(client, index):
 
 def test_openapi_schema_documents_the_endpoints(client):
     schema = client.get("/openapi.json").json()
-    assert {"/search", "/images/{item_id}", "/health", "/items"} <= set(schema["paths"])
+    assert {"/search", "/images", "/health", "/items"} <= set(schema["paths"])
     form = schema["paths"]["/search"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in form
     responses = schema["paths"]["/search"]["post"]["responses"]
-    assert {"200", "400", "404", "413", "415", "422"} <= set(responses)
+    assert {"200", "400", "404", "408", "413", "415", "422"} <= set(responses)
+    assert "path" not in schema["components"]["schemas"]["Hit"]["properties"]
 
 
 def test_id_query_matches_index_search(client, index):
@@ -38,7 +41,7 @@ def test_id_query_matches_index_search(client, index):
         expected = index.search(index.vector(item), k=7)
         assert [h["id"] for h in body["hits"]] == expected.ids[0]
         np.testing.assert_allclose([h["distance"] for h in body["hits"]], expected.distances[0], atol=1e-6)
-        assert [h["path"] for h in body["hits"]] == expected.paths[0]
+        assert all("path" not in h for h in body["hits"])  # no server paths unless asked for
         assert [h["rank"] for h in body["hits"]] == list(range(1, 8))
         assert body["hits"][0]["id"] == item and body["hits"][0]["distance"] < 1e-5
         assert body["query"] == {
@@ -107,25 +110,29 @@ def test_items_lists_ids_in_pages(client, index):
 def test_images_are_served_by_id(client, index):
     for item in index.ids[:3]:
         hit = client.post("/search", data={"id": item, "k": 1}).json()["hits"][0]
-        assert "/" in item and "%2F" in hit["image_url"]  # ids with slashes survive the URL
+        assert "/" in item and hit["image_url"] == "/images?id=" + item.replace("/", "%2F")
         r = client.get(hit["image_url"])
         assert r.status_code == 200
         assert r.headers["content-type"] == "image/png"
         assert r.headers["x-content-type-options"] == "nosniff"
         assert r.content == Path(index.path_of(item)).read_bytes()
-    assert client.get("/images/" + index.ids[0]).status_code == 200  # unencoded slashes work too
+    assert client.get("/images", params={"id": index.ids[0]}).status_code == 200  # any client encoding
+    assert client.get("/images").status_code == 422  # the id is required
 
 
 @pytest.mark.parametrize(
     "raw_path",
     [
-        "/images/..%2F..%2F..%2Fetc%2Fpasswd",
-        "/images/%2Fetc%2Fpasswd",
-        "/images//etc/passwd",
+        "/images?id=..%2F..%2F..%2Fetc%2Fpasswd",
+        "/images?id=%2Fetc%2Fpasswd",
+        "/images?id=/etc/passwd",
+        "/images?id=../../etc/passwd",
+        "/images?id=%2e%2e/%2e%2e/etc/passwd",
+        "/images?id=Ankle-boot%2F..%2F..%2Fmodel%2Fconfig.json",
+        "/images?id=no-such-id",
+        "/images?id=",
         "/images/../../etc/passwd",
-        "/images/%2e%2e/%2e%2e/etc/passwd",
-        "/images/Ankle-boot%2F..%2F..%2Fmodel%2Fconfig.json",
-        "/images/no-such-id",
+        "/images/%2Fetc%2Fpasswd",
     ],
 )
 def test_images_never_leave_the_collection(server, raw_path):
@@ -144,7 +151,7 @@ def test_items_without_an_image_file_are_404(tmp_path):
     (tmp_path / "x.png").write_bytes(png_bytes(Image.new("L", (4, 4))))
     index = Index.from_vectors(vectors, ids=["a", "b", "c", "d", "e"], paths=paths)
     with serve_in_thread(index) as url, httpx.Client(base_url=url) as c:
-        assert [c.get(f"/images/{i}").status_code for i in "abcd"] == [404, 404, 404, 200]
+        assert [c.get("/images", params={"id": i}).status_code for i in "abcd"] == [404, 404, 404, 200]
         # No model: id queries work, uploads are refused with a reason.
         assert c.get("/health").json()["image_search"] is False
         assert c.post("/search", data={"id": "b", "k": 2}).json()["hits"][0]["id"] == "b"
@@ -164,8 +171,8 @@ def test_a_collection_file_swapped_for_a_symlink_is_not_followed_outside(tmp_pat
     (inside / "b.png").unlink()
     (inside / "b.png").symlink_to(outside / "key.png")
     with serve_in_thread(index) as url, httpx.Client(base_url=url) as c:
-        assert c.get("/images/a").status_code == 200
-        r = c.get("/images/b")
+        assert c.get("/images?id=a").status_code == 200
+        r = c.get("/images?id=b")
         assert r.status_code == 404 and b"secret" not in r.content
 
 
@@ -216,3 +223,62 @@ def test_approximate_search_uses_the_saved_faiss_index(collection, index, tmp_pa
         hits = c.post("/search", data={"id": item, "k": 5}).json()["hits"]
     expected = ann.search(ann.vector(item), k=5, approximate=True)
     assert [h["id"] for h in hits] == expected.ids[0] and hits[0]["id"] == item
+
+
+# ------------------------------------------------------------------ ids, messages, paths
+
+ODD_IDS = [
+    "new\nline.png", "a/b/c.png", "100%.png", "%2F", "ünïcödé 画像.png", "..", ".", "../x", "a/../b",
+    " spaced ", "+plus&amp=q?#frag", "tab\there", "", "\\back", "//double", "bad\udcff.png",
+]  # fmt: skip
+
+
+def test_every_id_round_trips_through_search_and_image_urls(tmp_path):
+    paths = []
+    for j in range(len(ODD_IDS)):
+        paths.append(str(tmp_path / f"{j}.png"))
+        Image.new("L", (4, 4), j * 10).save(paths[-1])
+    vectors = np.eye(len(ODD_IDS), dtype=np.float32)
+    index = Index.from_vectors(vectors, ids=ODD_IDS, paths=paths)
+    with serve_in_thread(index) as url, httpx.Client(base_url=url) as c:
+        for item, path in zip(ODD_IDS, paths, strict=True):
+            url_of_item = image_url(item)
+            assert url_of_item.startswith("/images?id=") and "/" not in url_of_item[8:]
+            r = c.get(url_of_item)
+            assert r.status_code == 200, (item, r.text)
+            assert r.content == Path(path).read_bytes()
+            if "\udcff" in item:  # text a client cannot send as UTF-8 form data: served by URL only
+                continue
+            body = c.post("/search", data={"id": item, "k": 1}).json()
+            assert "query" in body, (item, body)
+            assert body["query"]["id"] == item and body["hits"][0]["id"] == item
+            assert body["hits"][0]["image_url"] == body["query"]["image_url"] == url_of_item
+        assert c.get("/items").json()["ids"] == ODD_IDS  # JSON escapes what UTF-8 cannot carry
+
+
+def test_unknown_ids_are_cut_short_in_messages(client):
+    by_search = client.post("/search", data={"id": "x" * 100_000})
+    by_url = client.get("/images", params={"id": "x" * 50_000})  # URLs are shorter (clients cap them)
+    for r, length in ((by_search, 100_000), (by_url, 50_000)):
+        assert r.status_code == 404
+        detail = r.json()["detail"]
+        assert len(detail) < 200 and f"({length} characters)" in detail and detail.count("x") <= 80
+
+
+def test_search_answers_give_paths_only_when_the_operator_asks(client, index, collection):
+    r = client.post("/search", data={"id": index.ids[4], "k": 5})
+    assert r.status_code == 200
+    assert str(collection.parent) not in r.text and all("path" not in h for h in r.json()["hits"])
+    with serve_in_thread(collection, expose_paths=True) as url:
+        r = httpx.post(url + "/search", data={"id": index.ids[4], "k": 5})
+        schema = httpx.get(url + "/openapi.json").json()
+    expected = index.search(index.vector(index.ids[4]), k=5)
+    assert [h["path"] for h in r.json()["hits"]] == expected.paths[0]
+    assert "path" in schema["components"]["schemas"]["HitWithPath"]["properties"]
+
+
+def test_the_upload_pixel_limit_is_the_setting_of_every_command(collection, index, monkeypatch):
+    monkeypatch.setenv(MAX_IMAGE_PIXELS_ENV, "500")  # the collection images are 28 x 28 = 784 pixels
+    with serve_in_thread(collection) as url, httpx.Client(base_url=url) as c:
+        r = upload(c, Path(index.path_of(index.ids[0])).read_bytes())
+    assert r.status_code == 413 and "784 pixels, over the limit of 500" in r.json()["detail"]

@@ -157,3 +157,49 @@ def test_upload_then_click_a_result(browser, served, tmp_path):
         browser.save_screenshot(os.environ["DEEPRANK_SCREENSHOT"])
     logs = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE" and "notes.png" not in str(e)]
     assert not [e for e in logs if "/search" not in e.get("message", "")], logs
+
+
+def test_odd_ids_work_in_the_page(browser, tmp_path):
+    """Ids with newlines, slashes, percent signs, unicode and dot segments: linked, shown, clicked."""
+    import numpy as np
+    from PIL import Image
+
+    from deeprank.index import Index
+    from deeprank.serve import serve_in_thread
+
+    ids = ["new\nline.png", "a/b/c.png", "100%.png", "ünïcödé 画像", "..", ".", "a/../b", "+&=?#"]
+    paths = []
+    for j in range(len(ids)):
+        paths.append(str(tmp_path / f"{j}.png"))
+        Image.new("L", (6, 6), 30 * j).save(paths[-1])
+    vectors = np.random.default_rng(0).standard_normal((len(ids), 8)).astype(np.float32)
+    index = Index.from_vectors(vectors, ids=ids, paths=paths)
+    with serve_in_thread(index) as url:
+        browser.get(url + "/#id=" + quote(ids[0], safe=""))
+        wait_for_query(browser, f"id:{ids[0]}")
+        shown = grid(browser)
+        assert [i for i, _ in shown] == index.search(index.vector(ids[0]), k=len(shown)).ids[0]
+        _wait_images_loaded(browser)
+        target = next(j for j, (i, _) in enumerate(shown) if i == "..")
+        from selenium.webdriver.common.by import By
+
+        browser.find_elements(By.CSS_SELECTOR, "#results .hit")[target].click()
+        wait_for_query(browser, "id:..")
+        assert grid(browser)[0][0] == ".."
+        _wait_images_loaded(browser)
+        browser.back()
+        wait_for_query(browser, f"id:{ids[0]}")
+        assert not browser.find_element(By.ID, "error").is_displayed()
+
+
+def _wait_images_loaded(driver, timeout: float = 20):
+    """Every result image and the query image loaded (a 404 leaves naturalWidth at 0)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(
+        lambda d: d.execute_script(
+            "const imgs = [document.getElementById('query-image'),"
+            " ...document.querySelectorAll('#results .hit img')];"
+            "return imgs.every(i => i.complete && i.naturalWidth === 6);"
+        )
+    )

@@ -1,11 +1,17 @@
 """Untrusted uploads: non-images, truncations, bombs, oversized bodies get a clear 4xx; serving goes on."""
 
 import socket
+import time
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
+from hostile_files import UPRIGHT, exif_jpeg, png16, png_header, png_pixel_bomb, stored_pixels
 from PIL import Image
 from serve_support import MAX_UPLOAD, assert_still_serving, png_bytes, upload
+
+from deeprank.serve import serve_in_thread
 
 
 def hostile_uploads(index) -> dict[str, tuple[bytes, int, str]]:
@@ -92,3 +98,63 @@ def test_declared_content_length_over_the_limit_is_refused_up_front(server, clie
     answer = raw_request(server, head, b"--xyz\r\n")
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert_still_serving(client, index)
+
+
+def test_bombs_by_header_and_by_pixels_are_413_before_decoding(client, index):
+    for data in (png_header(30000, 30000), png_pixel_bomb(20000, 20000), png_header(2000, 2000)):
+        r = upload(client, data)
+        assert r.status_code == 413, r.text
+        assert "over the limit of" in r.json()["detail"]
+    assert_still_serving(client, index)
+
+
+def test_sixteen_bit_and_exif_rotated_uploads_search_as_the_pictures_they_show(client, index):
+    item = index.ids[9]
+    grey = np.asarray(Image.open(index.path_of(item)))
+    sixteen = upload(client, png16(grey.astype(np.uint16) * 257), k=6)  # v * 257: exactly v in 8 bits
+    eight = upload(client, Path(index.path_of(item)).read_bytes(), k=6)
+    assert sixteen.status_code == eight.status_code == 200, sixteen.text
+    assert [h["id"] for h in sixteen.json()["hits"]] == [h["id"] for h in eight.json()["hits"]]
+    assert sixteen.json()["hits"] == eight.json()["hits"] and sixteen.json()["hits"][0]["id"] == item
+
+    data = exif_jpeg(np.repeat(np.rot90(grey, 1)[..., None], 3, axis=2), 6)  # stored turned, tag turns back
+    upright = Image.fromarray(np.ascontiguousarray(UPRIGHT[6](stored_pixels(data))))
+    body = upload(client, data, k=6).json()
+    expected = index.search(upright, k=6)
+    assert [h["id"] for h in body["hits"]] == expected.ids[0]
+    np.testing.assert_allclose([h["distance"] for h in body["hits"]], expected.distances[0], atol=1e-5)
+    sideways = index.search(Image.fromarray(stored_pixels(data)), k=6)
+    assert not np.allclose(sideways.distances[0], expected.distances[0], atol=1e-4)
+
+
+def test_a_dripping_body_gets_408_within_the_timeout_and_others_are_served(collection, index):
+    timeout_s = 1.0
+    with serve_in_thread(collection, body_timeout_s=timeout_s) as url, httpx.Client(base_url=url) as c:
+        host, port = url.removeprefix("http://").split(":")
+        head = (
+            b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n"
+            b"Content-Type: multipart/form-data; boundary=xyz\r\n\r\n"
+            b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        )
+        answer, served_meanwhile = b"", False
+        with socket.create_connection((host, int(port)), timeout=0.1) as sock:
+            sock.sendall(head)
+            start = time.monotonic()
+            for step in range(100):  # a byte every 0.1 s: 10 s at most, far past the timeout
+                try:
+                    sock.sendall(b"x")
+                    answer += sock.recv(65536)
+                except TimeoutError:
+                    pass
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                if b"\r\n\r\n" in answer and answer.rstrip().endswith(b"}"):
+                    break
+                if step == 2:
+                    assert_still_serving(c, index)  # another client is answered during the drip
+                    served_meanwhile = True
+            elapsed = time.monotonic() - start
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"did not arrive within 1 seconds" in answer
+        assert served_meanwhile and elapsed < timeout_s + 2.0, elapsed
+        assert_still_serving(c, index)

@@ -62,7 +62,8 @@ async function runQuery(query, { fromHistory = false } = {}) {
   if (!fromHistory) remember(query);
   state.query = query;
   const seq = ++state.seq;
-  const form = new FormData();
+  // Ids go URL-encoded: multipart form data turns every "\n" in a value into "\r\n".
+  const form = query.kind === "image" ? new FormData() : new URLSearchParams();
   if (query.kind === "image") form.append("image", query.file, query.file.name || "pasted-image");
   else form.append("id", query.id);
   form.append("k", String(state.k));
@@ -98,7 +99,7 @@ function showQuery(query) {
     title.textContent = "Your image";
     caption.append(title, query.file.name || "pasted image");
   } else {
-    img.src = query.imageUrl || `/images/${encodeURIComponent(query.id)}`;
+    img.src = query.imageUrl || `/images?id=${encodeURIComponent(query.id)}`;
     title.textContent = "Item of the collection";
     caption.append(title, query.id);
   }
