@@ -135,13 +135,32 @@ def _build_index(args: argparse.Namespace) -> Index:
 _RAY_OPTIONS = ("address", "actors", "gpus_per_actor", "shard_size")
 
 
+def _folder_metadata(index: Index) -> list[dict]:
+    """Per item, the sub-folder it came from (``""`` at the top): a field Milvus searches can filter on."""
+    return [{"folder": str(i).rpartition("/")[0]} for i in index.ids]
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         return _embed_with_ray(args)
     ray_only = [f"--{n.replace('_', '-')}" for n in _RAY_OPTIONS if getattr(args, n) is not None]
     if ray_only:
         raise DeeprankError(f"{', '.join(ray_only)} only apply with --engine ray")
+    if args.format == "milvus" and not args.collection:
+        raise DeeprankError("--format milvus needs --collection NAME (the output is the Milvus URI)")
     index = _build_index(args)
+    if args.format == "milvus":
+        report = index.to_milvus(
+            args.output,
+            args.collection,
+            metadata=_folder_metadata(index),
+            overwrite=True,
+            attach=False,
+            progress=not args.no_progress,
+        )
+        where = f"Milvus {report['uri']} collection {args.collection}"
+        print(f"embedded {len(index)} images (dimension {index.dim}) -> {where}")
+        return 0
     files = index.export(args.output, format=args.format)
     print(f"embedded {len(index)} images (dimension {index.dim}) -> {', '.join(str(f) for f in files)}")
     return 0
@@ -181,14 +200,44 @@ def _embed_with_ray(args: argparse.Namespace) -> int:
     return 0
 
 
+def _approximate_options(args: argparse.Namespace) -> dict:
+    """The FAISS build options given on the command line."""
+    names = ("train_size", "nprobe", "ef_search")
+    options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if args.on_disk:
+        options["on_disk"] = True
+    if options and not args.approximate:
+        raise DeeprankError("--train-size, --nprobe, --ef-search and --on-disk need --approximate KIND")
+    return options
+
+
 def cmd_index(args: argparse.Namespace) -> int:
+    options = _approximate_options(args)
+    if args.approximate and args.milvus:
+        raise DeeprankError("choose one approximate backend: --approximate (FAISS) or --milvus")
     index = _build_index(args)
+    if args.milvus:
+        collection = args.collection or _collection_name(args.output)
+        report = index.to_milvus(
+            args.milvus,
+            collection,
+            metadata=_folder_metadata(index),
+            overwrite=True,
+            progress=not args.no_progress,
+        )
+        print("milvus backend: " + json.dumps(_round(report)))
     if args.approximate:
-        report = index.build_approximate(args.approximate)
+        report = index.build_approximate(args.approximate, **options)
         print(f"approximate index ({args.approximate}): " + json.dumps(_round(report)))
     index.save(args.output, include_model=args.include_model)
     print(f"indexed {len(index)} images (dimension {index.dim}) -> {args.output}")
     return 0
+
+
+def _collection_name(output: str) -> str:
+    """A Milvus collection name from an index folder name (letters, digits and _)."""
+    name = "".join(c if c.isalnum() else "_" for c in Path(output).resolve().name)
+    return name if name[:1].isalpha() else f"index_{name}"
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -204,7 +253,8 @@ def cmd_query(args: argparse.Namespace) -> int:
         if not Path(image).exists():
             raise FileNotFoundError(f"query image not found: {image}")
         queries += [str(f) for f in list_folder(image)] if Path(image).is_dir() else [image]
-    result = index.search(queries, k=args.k, approximate=args.approximate)
+    params = {"nprobe": args.nprobe, "ef_search": args.ef_search, "filter": args.filter}
+    result = index.search(queries, k=args.k, approximate=args.approximate, **params)
     if args.json:
         print(json.dumps([{"query": q, "hits": result.hits(i)} for i, q in enumerate(queries)], indent=2))
     else:
@@ -397,7 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(p)
     p.add_argument("folder", help="image folder (searched recursively)")
     p.add_argument("--output", "-o", required=True, help="output folder")
-    p.add_argument("--format", choices=["npy", "faiss", "parquet"], default="npy", help="export format (npy)")
+    p.add_argument(
+        "--format",
+        choices=["npy", "faiss", "parquet", "milvus"],
+        default="npy",
+        help="export format (npy); milvus: OUTPUT is the Milvus URI (a .db file for Milvus Lite)",
+    )
+    p.add_argument("--collection", help="Milvus collection to write (--format milvus)")
     progress_args(p)
     workers_arg(p)
     p.add_argument(
@@ -427,9 +483,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-model", action="store_true", help="copy the model into the index directory")
     p.add_argument(
         "--approximate",
-        choices=["hnsw", "ivfpq"],
-        help="also build a FAISS index (needs faiss) and report recall",
+        metavar="KIND",
+        help="also build a FAISS index and report its recall: hnsw, ivfpq, or a FAISS factory string "
+        "such as 'IVF4096,PQ32', 'HNSW32', 'IVF65536_HNSW32,PQ64' (needs faiss)",
     )
+    p.add_argument("--train-size", type=_positive_int, help="vectors sampled to train IVF/PQ (100000)")
+    p.add_argument("--nprobe", type=_positive_int, help="IVF lists searched per query, saved as the default")
+    p.add_argument("--ef-search", type=_positive_int, help="HNSW search beam, saved as the default")
+    p.add_argument(
+        "--on-disk", action="store_true", help="store the IVF lists in a file searched memory-mapped"
+    )
+    p.add_argument(
+        "--milvus",
+        metavar="URI",
+        help="also write the vectors, ids, paths and sub-folder to Milvus (a .db file: Milvus Lite) and "
+        "search there with --approximate at query time (needs deeprank[milvus])",
+    )
+    p.add_argument("--collection", help="Milvus collection name (default: from the output folder's name)")
     progress_args(p)
     workers_arg(p)
     p.set_defaults(func=cmd_index)
@@ -445,7 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(p, required=False)
     p.add_argument("--grid", metavar="PNG", help="also draw queries and results to this PNG")
     p.add_argument("--json", action="store_true", help="print results as JSON")
-    p.add_argument("--approximate", action="store_true", help="use the index's FAISS index")
+    p.add_argument("--approximate", action="store_true", help="use the index's approximate backend")
+    p.add_argument("--nprobe", type=_positive_int, help="IVF lists searched (with --approximate)")
+    p.add_argument("--ef-search", type=_positive_int, help="HNSW search beam (with --approximate)")
+    p.add_argument(
+        "--filter", metavar="EXPR", help="metadata filter, e.g. \"category == 'shoes'\" (Milvus backend)"
+    )
     p.add_argument("--no-verify", action="store_true", help="skip checksum verification of the index files")
     p.set_defaults(func=cmd_query)
 

@@ -122,7 +122,7 @@ def test_user_errors_are_one_line(capsys, data, tmp_path):
     assert_one_line_error(code, err, "not the one this index was built with")
     code, _, err = run(capsys, "query", tmp_path / "nothing", query)
     assert_one_line_error(code, err, "index not found")
-    emb = tmp_path / "idx" / "embeddings.npy"
+    emb = next((tmp_path / "idx").glob("v*/embeddings.npy"))  # inside the current version folder
     emb.write_bytes(emb.read_bytes()[:100])
     code, _, err = run(capsys, "query", tmp_path / "idx", query)
     assert_one_line_error(code, err, "truncated")

@@ -5,7 +5,9 @@
 - :mod:`.flat`: :class:`FlatIndex`, exact search with deeprank's top-K kernel.
 - :mod:`.faiss_index`: :class:`FaissIndex`, approximate search through FAISS (optional extra).
 - :mod:`.keys`: the key <-> row bookkeeping the local backends share.
-- :mod:`.format`: the on-disk index directory (format version 1).
+- :mod:`.registry`: which approximate backends an index directory stores, by name.
+- :mod:`.format`: the on-disk index directory (format version 2: versions behind a pointer).
+- :mod:`.export`: exports for other engines, replaced as a whole.
 - :mod:`.results`: :class:`SearchResult`.
 """
 

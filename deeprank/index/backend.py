@@ -8,15 +8,23 @@ maps its user ids (str or int) to keys; :class:`~deeprank.index.flat.FlatIndex` 
 
 Contract (``vectors`` are C-contiguous float32 numpy ``[n, dim]``; ``keys`` int64 ``[n]``, >= 0):
 
-- ``add(vectors, keys)``: store new keys; a key already stored, or repeated, raises ``ValueError``.
+- ``add(vectors, keys)``: store new keys; a key already stored, or repeated, raises ``ValueError``
+  (a vector database may upsert instead: :class:`~deeprank.index.milvus_index.MilvusIndex` does).
 - ``remove(keys)``: delete stored keys and return how many; an unknown key raises ``KeyError``. A
   backend that cannot delete raises ``NotImplementedError`` (the ``Index`` then drops it).
-- ``search(vectors, k)``: ``(distances float32 [m, k], keys int64 [m, k])``, each row ascending by
-  squared Euclidean distance; a key is ``-1`` where fewer than ``k`` were found. Callers check ``k``
-  (``1 <= k <= len``) with :func:`deeprank.ops.checks.check_k`.
+- ``search(vectors, k, **params)``: ``(distances float32 [m, k], keys int64 [m, k])``, each row
+  ascending by squared Euclidean distance; a key is ``-1`` where fewer than ``k`` were found. Callers
+  check ``k`` (``1 <= k <= len``) with :func:`deeprank.ops.checks.check_k`. Query-time ``params`` are
+  keyword-only and named alike across backends (``nprobe``, ``ef_search``, ``filter``); the
+  :class:`~deeprank.Index` passes only those a backend's ``search`` declares.
 - ``save(directory)``: write the backend's files into an existing directory (each atomically, through
   :mod:`deeprank.io`) and return their names; ``load(directory)`` reads them back, keys included.
 - ``len(backend)`` and ``backend.dim``.
+
+A backend an index directory can store also has a ``backend_name`` class attribute and may have
+``describe()`` (facts for the manifest); see :mod:`deeprank.index.registry`. ``add`` may take
+keyword-only ``ids``, ``paths`` and ``metadata`` (a store that keeps them, like Milvus); the ``Index``
+passes those a backend declares.
 """
 
 from __future__ import annotations

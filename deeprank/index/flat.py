@@ -63,6 +63,8 @@ class FlatIndex:
             storage the index owns.
     """
 
+    backend_name = "flat"  # how an index manifest records this backend
+
     def __init__(self, database: Any, keys: Any = None, *, copy: bool = True) -> None:
         x = _as_database(database)
         borrowed = x is database or not x.flags.owndata  # a view of the caller's memory

@@ -12,14 +12,21 @@ Build one from a trained model and an image folder, or from vectors plus ids::
 The ``Index`` is the keyed front: it maps user ids (str or int) and paths to int64 keys and leaves
 vectors and search to backends (:mod:`deeprank.index.backend`): always a
 :class:`~deeprank.index.flat.FlatIndex` (the vectors, exact search), plus optionally an approximate one
-(:meth:`build_approximate` builds a :class:`~deeprank.index.faiss_index.FaissIndex`;
-:meth:`set_approximate` takes any backend), used by ``search(..., approximate=True)``. Items keep their
+(:meth:`build_approximate` builds a :class:`~deeprank.index.faiss_index.FaissIndex`,
+:meth:`to_milvus` fills a :class:`~deeprank.index.milvus_index.MilvusIndex`; :meth:`set_approximate`
+takes any backend), used by ``search(..., approximate=True)``. Items keep their
 insertion order and get increasing keys, so item ``i`` is row ``i`` of every backend; changes go to
 every backend, and one that cannot follow a change (FAISS cannot delete) is dropped.
 
 Distances are the paper's squared Euclidean ``||f(q) - f(x)||^2``, ascending, ties by item order.
 Queries are turned into vectors by :func:`deeprank.embedding.queries.query_vectors`; the on-disk format
-(version 1) is :mod:`deeprank.index.format`.
+(version 2, atomic and checksummed throughout) is :mod:`deeprank.index.format`.
+
+The model is checked twice against what the index recorded: its architecture (config hash) and, when
+its checkpoint directory is known, its weights (sha256 of ``model.safetensors``, see
+:func:`deeprank.models.checkpoint.weights_hash`). A mismatch raises
+:class:`deeprank.errors.ModelMismatchError` naming both hashes. A model object with no checkpoint
+directory is checked by architecture only.
 
 Stable API for other layers (``deeprank serve``): ``Index.load``, ``Index.search`` (path, PIL image,
 vector(s)), ``SearchResult.hits``, ``Index.path_of``, ``Index.ids``, ``len(index)``, ``Index.dim``.
@@ -27,8 +34,8 @@ vector(s)), ``SearchResult.hits``, ``Index.path_of``, ``Index.ids``, ``len(index
 
 from __future__ import annotations
 
+import inspect
 import os
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,10 +48,11 @@ from ..embedding.parquet import write_parquet
 from ..embedding.queries import image_sources, query_vectors
 from ..embedding.shards import is_shard_set
 from ..errors import DeeprankError, IndexFormatError, ModelMismatchError
-from ..io import atomic_path, write_json_atomic
-from ..models.checkpoint import config_hash, resolve_model
+from ..io import atomic_path, write_bytes_atomic
+from ..models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, config_hash, resolve_model, weights_hash
 from ..ops.checks import check_k
 from .backend import Backend, recall_against_exact
+from .export import write_export
 from .faiss_index import FaissIndex
 from .flat import FlatIndex
 from .format import (
@@ -53,12 +61,14 @@ from .format import (
     ITEMS,
     MODEL_DIR,
     new_manifest,
+    read_index,
     read_items,
-    read_manifest,
     save_directory,
     write_items,
 )
 from .keys import RowKeys
+from .milvus_index import MilvusIndex
+from .registry import backend_class, manifest_entry
 from .results import SearchResult
 from .shards import ShardedFlatIndex, open_shard_set
 
@@ -83,6 +93,31 @@ def _as_matrix(x: Any, name: str) -> np.ndarray:
     if arr.dtype != np.float32 or not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr, dtype=np.float32)
     return arr
+
+
+def _weights_of(checkpoint: Path | None) -> str | None:
+    """The weights hash of a checkpoint directory (None when there is none or it has no weights file)."""
+    if checkpoint is None or not (Path(checkpoint) / WEIGHTS_FILE).is_file():
+        return None
+    return weights_hash(checkpoint)
+
+
+def _fields_for(backend: Backend, fields: dict[str, Any]) -> dict[str, Any]:
+    """The item fields (ids, paths, metadata) that ``backend.add`` stores (Milvus), else none."""
+    accepted = inspect.signature(backend.add).parameters
+    return {k: v for k, v in fields.items() if k in accepted and v is not None}
+
+
+def _check_search_params(backend: Backend, params: dict[str, Any], approximate: bool) -> None:
+    """Refuse query-time parameters the chosen backend does not take, naming them."""
+    if not params:
+        return
+    if not approximate:
+        raise ValueError(f"{', '.join(params)} apply to approximate search only (approximate=True)")
+    accepted = inspect.signature(backend.search).parameters
+    unknown = [name for name in params if name not in accepted]
+    if unknown:
+        raise ValueError(f"the {type(backend).__name__} backend does not take {', '.join(unknown)}")
 
 
 def _check_finite(x: np.ndarray, name: str) -> None:
@@ -113,7 +148,9 @@ class Index:
         ids: one unique str or int per row (default ``0 .. n-1``).
         paths: the image file of each row (None for rows added as vectors).
         model: the model that embeds image queries; ``checkpoint``: its directory (loaded on demand
-            when ``model`` is not given); ``model_hash``: the config hash to check models against.
+            when ``model`` is not given); ``model_hash``: the config hash to check models against;
+            ``weights_hash``: the weights' sha256 to check them against (default: that of
+            ``checkpoint`` when ``model`` is given).
     """
 
     def __init__(
@@ -125,6 +162,7 @@ class Index:
         model: torch.nn.Module | None = None,
         checkpoint: str | os.PathLike | None = None,
         model_hash: str | None = None,
+        weights_hash: str | None = None,
     ) -> None:
         exact = (
             embeddings
@@ -150,6 +188,9 @@ class Index:
         facts = _model_facts(model)
         self.model_hash = model_hash if model_hash is not None else facts[0]
         self.model_config = facts[1]
+        if weights_hash is None and model is not None:
+            weights_hash = _weights_of(self.checkpoint)
+        self.weights_hash = weights_hash
         self.skipped: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------------ construction
@@ -257,30 +298,44 @@ class Index:
                     f"the index's model checkpoint {self.checkpoint} is missing; pass the model explicitly"
                 )
             model, _ = resolve_model(self.checkpoint)
-            self._check_model(model)
+            self._check_model(model, self.checkpoint)
             self._model = model
         return self._model
 
-    def _check_model(self, model: torch.nn.Module) -> None:
+    def _check_model(self, model: torch.nn.Module, checkpoint: Path | None) -> None:
+        """Refuse a model of another dimension, architecture or (from ``checkpoint``) weights."""
         dim = getattr(model, "embedding_dim", None)
         if dim is not None and int(dim) != self.dim:
             raise ModelMismatchError(f"the model embeds into {dim} dimensions but the index holds {self.dim}")
         h, _ = _model_facts(model)
         if self.model_hash is not None and h is not None and h != self.model_hash:
             raise ModelMismatchError(
-                f"the model (config hash {h[:12]}) is not the one this index was built with "
-                f"({self.model_hash[:12]})"
+                f"the model (config hash {h}) is not the one this index was built with "
+                f"(config hash {self.model_hash})"
+            )
+        w = _weights_of(checkpoint)
+        if self.weights_hash is not None and w is not None and w != self.weights_hash:
+            raise ModelMismatchError(
+                f"the model's weights in {checkpoint} (sha256 {w}) are not the ones this index was "
+                f"built with (sha256 {self.weights_hash}); rebuild the index or pass the original model"
             )
 
     # ------------------------------------------------------------------ changes
 
     def add(
-        self, items: Any, ids: Sequence[Any] | None = None, paths: Sequence[Any] | None = None
+        self,
+        items: Any,
+        ids: Sequence[Any] | None = None,
+        paths: Sequence[Any] | None = None,
+        *,
+        metadata: Any = None,
     ) -> list[tuple[str, str]]:
         """Add vectors ``[n, d]`` / ``[d]`` or images (paths / PIL images, embedded with the index's model).
 
         Ids default to the image paths, or to consecutive integers after the largest int id for
-        vectors. Returns the ``(source, reason)`` list of images that could not be read (not added).
+        vectors. ``metadata`` (a dict per item, or a dict of columns) goes to backends that store it
+        (Milvus) for filtered search. Returns the ``(source, reason)`` list of images that could not
+        be read (not added).
         """
         sources = image_sources(items)
         if sources is not None:
@@ -298,12 +353,18 @@ class Index:
         if clash:
             raise ValueError(f"ids already in the index: {sorted(map(str, clash))[:5]}")
         _check_finite(vectors, "vectors")
+        if metadata is not None and not (
+            self._approximate is not None and "metadata" in _fields_for(self._approximate, {"metadata": 1})
+        ):
+            raise ValueError("metadata is kept only by a Milvus backend (to_milvus); this index has none")
         keys = self._keys.fresh(len(ids))
-        self._change_backends(lambda backend: backend.add(vectors, keys))
+        paths = [None] * len(ids) if paths is None else [None if p is None else str(p) for p in paths]
+        fields = {"ids": ids, "paths": paths, "metadata": metadata}
+        self._change_backends(lambda backend: backend.add(vectors, keys, **_fields_for(backend, fields)))
         self._keys.append(keys)
         first = len(self._ids)
         self._ids += ids
-        self._paths += [None] * len(ids) if paths is None else [None if p is None else str(p) for p in paths]
+        self._paths += paths
         self._positions().update(
             (i, first + r) for r, i in enumerate(ids)
         )  # kept current: O(added), not O(len)
@@ -365,19 +426,37 @@ class Index:
 
     # ------------------------------------------------------------------ search
 
-    def search(self, query: Any, k: int = 10, *, approximate: bool = False) -> SearchResult:
+    def search(
+        self,
+        query: Any,
+        k: int = 10,
+        *,
+        approximate: bool = False,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        filter: str | None = None,
+    ) -> SearchResult:
         """The ``k`` nearest items of each query.
 
         ``query`` may be an image path, a folder of images, a PIL image, a list of paths/PIL images, an
         image array ``[N, C, H, W]`` / ``[C, H, W]`` (floats in [0, 1] or uint8), embedding vectors
         ``[M, d]`` or ``[d]``, or another :class:`Index` (a query set against this reference set).
         Images need a model (given, or the index's checkpoint). ``approximate=True`` searches the
-        approximate backend (:meth:`build_approximate`).
+        approximate backend (:meth:`build_approximate`, :meth:`set_approximate`), with its query-time
+        parameters for this call: ``nprobe`` / ``ef_search`` (FAISS), ``filter`` (a Milvus boolean
+        expression on stored metadata, e.g. ``"category == 'shoes'"``; fewer than ``k`` hits then
+        come back as ``None`` ids). A backend without one of them raises ``ValueError`` naming it.
         """
         k = check_k(k, len(self), "the number of items in the index")
         backend = self._backend(approximate)
+        params = {
+            name: value
+            for name, value in (("nprobe", nprobe), ("ef_search", ef_search), ("filter", filter))
+            if value is not None
+        }
+        _check_search_params(backend, params, approximate)
         q = query_vectors(query, dim=self.dim, model=lambda: self.model, model_hash=self.model_hash)
-        dist, keys = backend.search(q, k)
+        dist, keys = backend.search(q, k, **params)
         keys = np.asarray(keys, dtype=np.int64)
         rows = np.full(keys.shape, -1, dtype=np.int64)
         found = keys >= 0
@@ -398,13 +477,53 @@ class Index:
     def build_approximate(
         self, kind: str = "hnsw", *, recall_queries: int = 1000, k: int = 10, **options: Any
     ) -> dict:
-        """Build a FAISS index (``"hnsw"`` or ``"ivfpq"``) for ``search(approximate=True)``.
+        """Build a FAISS index for ``search(approximate=True)``: ``kind`` is ``"hnsw"``, ``"ivfpq"`` or a
+        factory string such as ``"IVF4096,PQ32"``; ``options`` go to :meth:`FaissIndex.build`
+        (``train_size``, ``on_disk``, ``nprobe``, ``ef_search``, ...).
 
         Returns a report with the build facts and recall@k against exact search on up to
         ``recall_queries`` items of the index used as queries. Needs ``faiss`` (extra ``deeprank[faiss]``).
         """
         backend = FaissIndex.build(self.embeddings, self._keys.array, kind, **options)
         return {**backend.info, **self.set_approximate(backend, recall_queries=recall_queries, k=k)}
+
+    def to_milvus(
+        self,
+        uri: str | os.PathLike,
+        collection: str,
+        *,
+        metadata: Any = None,
+        overwrite: bool = False,
+        attach: bool = True,
+        batch_size: int = 5_000,
+        progress: bool = False,
+        recall_queries: int = 1000,
+        k: int = 10,
+        **create: Any,
+    ) -> dict:
+        """Write every item (key, vector, id, path, ``metadata``) to a Milvus collection.
+
+        ``uri``: a Milvus Lite file (``"photos.db"``) or a server URI; ``create`` goes to
+        :meth:`MilvusIndex.create` (``index_type``, ``index_params``). Rows are upserted in batches of
+        ``batch_size`` (a re-run writes the same rows again). ``overwrite`` replaces an existing
+        collection; ``attach=True`` makes it the backend of ``search(approximate=True)`` (and of
+        ``filter=``) and returns its recall against exact search, else (an export) returns the count.
+        Needs ``pymilvus`` (extra ``deeprank[milvus]``).
+        """
+        target = MilvusIndex.create(uri, collection, self.dim, overwrite=overwrite, **create)
+        target.add(
+            self.embeddings,
+            self._keys.array,
+            ids=self._ids,
+            paths=self._paths,
+            metadata=metadata,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        report = {"backend": "milvus", **target.describe(), "count": len(target)}
+        if attach:
+            report.update(self.set_approximate(target, recall_queries=recall_queries, k=k))
+        return report
 
     def set_approximate(self, backend: Backend, *, recall_queries: int = 1000, k: int = 10) -> dict:
         """Use ``backend`` (holding this index's vectors under its keys) for ``search(approximate=True)``.
@@ -433,12 +552,11 @@ class Index:
     def save(self, path: str | os.PathLike, *, include_model: bool = False, overwrite: bool = True) -> Path:
         """Write the index directory atomically (:mod:`deeprank.index.format`); returns its path.
 
-        ``include_model`` copies the checkpoint directory into ``model/`` so the index is self-contained.
-        An existing directory is replaced only if it is a deeprank index (never a folder of other files).
+        ``include_model`` copies the model's weights and config (never training state) into
+        ``model/`` so the index is self-contained. An existing directory is replaced only if it is a
+        deeprank index (never a folder of other files); readers see the old or the new index, whole.
         """
-        if self._approximate is not None and not isinstance(self._approximate, FaissIndex):
-            kind = type(self._approximate).__name__
-            raise DeeprankError(f"index format version 1 stores a FAISS approximate index only, not {kind}")
+        approximate = None if self._approximate is None else manifest_entry(self._approximate)
         if include_model and (self.checkpoint is None or not Path(self.checkpoint).is_dir()):
             raise DeeprankError("include_model needs the index's checkpoint directory, which is unknown")
         checkpoint = None if self.checkpoint is None else str(Path(self.checkpoint).resolve())
@@ -448,17 +566,36 @@ class Index:
             config_hash=self.model_hash,
             config=self.model_config,
             checkpoint=MODEL_DIR if include_model else checkpoint,
+            weights_hash=self.weights_hash,
+            approximate=approximate,
         )
 
-        def fill(tmp: Path) -> list[str]:
-            files = [*self._exact.save(tmp), write_items(tmp, self._ids, self._paths)]
+        def fill(folder: Path) -> list[str]:
+            files = [*self._exact.save(folder), write_items(folder, self._ids, self._paths)]
             if self._approximate is not None:
-                files += self._approximate.save(tmp)
+                files += self._approximate.save(folder)
             if include_model:
-                shutil.copytree(self.checkpoint, tmp / MODEL_DIR)
+                files += self._copy_model(folder / MODEL_DIR)
             return files
 
         return save_directory(path, manifest, fill, overwrite=overwrite)
+
+    def _copy_model(self, folder: Path) -> list[str]:
+        """Copy the checkpoint's weights and config (not its training state) into ``folder``."""
+        assert self.checkpoint is not None
+        names = []
+        for name in (WEIGHTS_FILE, CONFIG_FILE):
+            source = Path(self.checkpoint) / name
+            if not source.is_file():
+                raise DeeprankError(f"include_model: the checkpoint {self.checkpoint} has no {name}")
+            write_bytes_atomic(folder / name, source.read_bytes())
+            names.append(f"{MODEL_DIR}/{name}")
+        if self.weights_hash is not None and weights_hash(folder) != self.weights_hash:
+            raise ModelMismatchError(
+                f"the checkpoint {self.checkpoint} changed since the index was built (its weights' sha256 "
+                f"is now {weights_hash(folder)}, the index's {self.weights_hash}); not copying it"
+            )
+        return names
 
     @classmethod
     def load(
@@ -471,81 +608,110 @@ class Index:
     ) -> Index:
         """Open an index directory, checking it (see :func:`deeprank.index.format.read_manifest`).
 
-        ``model`` (a model or checkpoint directory) is checked against the manifest's config hash and
-        dimension; without it, image queries load the checkpoint the index records. ``verify=False``
-        skips the sha256 checksums (sizes and headers are always checked). ``mmap=True`` searches the
-        embeddings file in place. Raises :class:`deeprank.errors.IndexFormatError` or
-        :class:`deeprank.errors.ModelMismatchError`. A sharded embedding run
-        (:mod:`deeprank.embedding.shards`) opens too, its shards searched in place.
+        ``model`` (a model or checkpoint directory) is checked against the manifest's config hash,
+        weights hash and dimension; without it, image queries load the checkpoint the index records
+        (checked the same way). ``verify=False`` skips the sha256 checksums of the data files (the
+        pointer and manifest, sizes and headers are always checked). ``mmap=True`` searches the
+        embeddings file in place. A save running meanwhile is waited out (the load retries on the new
+        version). A sharded embedding run (:mod:`deeprank.embedding.shards`) opens too, its shards
+        searched in place. Raises :class:`deeprank.errors.IndexFormatError` or
+        :class:`deeprank.errors.ModelMismatchError`.
         """
         root = Path(path)
         if is_shard_set(root):
             return open_shard_set(cls, root, verify=verify)._use_model(model)
-        manifest = read_manifest(root, verify=verify)
-        count, dim = manifest["count"], manifest["dim"]
-        exact = FlatIndex.load(root, mmap=mmap)
-        if (len(exact), exact.dim) != (count, dim):
-            raise IndexFormatError(
-                f"{root / EMBEDDINGS} holds float32 {exact.vectors.shape}; "
-                f"the manifest says float32 ({count}, {dim})"
-            )
-        ids, paths = read_items(root)
-        info = manifest.get("model") or {}
-        checkpoint = info.get("checkpoint")
-        if checkpoint is not None and not Path(checkpoint).is_absolute():
-            checkpoint = root / checkpoint
-        try:
-            index = cls(exact, ids, paths, checkpoint=checkpoint, model_hash=info.get("config_hash"))
-        except (TypeError, ValueError) as exc:
-            raise IndexFormatError(f"{root / ITEMS} does not match the embeddings: {exc}") from None
-        index.model_config = info.get("config")
-        if APPROXIMATE in manifest["files"]:
-            approximate = FaissIndex.load(root)
-            if len(approximate) != count:
-                raise IndexFormatError(f"{root / APPROXIMATE} holds {len(approximate)} vectors, not {count}")
-            index._approximate = approximate
+        index = read_index(root, lambda folder, manifest: cls._open(folder, manifest, mmap), verify=verify)
         return index._use_model(model)
 
     def _use_model(self, model: torch.nn.Module | str | os.PathLike | None) -> Index:
         """Check ``model`` (a model or checkpoint directory) against the index and use it; returns self."""
         if model is not None:
             resolved, ckpt = resolve_model(model)
-            self._check_model(resolved)
+            self._check_model(resolved, ckpt)
             self._model = resolved
             self.checkpoint = ckpt or self.checkpoint
         return self
 
+    @classmethod
+    def _open(cls, folder: Path, manifest: dict[str, Any], mmap: bool) -> Index:
+        """The index stored in the (checked) version folder ``folder``."""
+        count, dim = manifest["count"], manifest["dim"]
+        exact = FlatIndex.load(folder, mmap=mmap)
+        if (len(exact), exact.dim) != (count, dim):
+            raise IndexFormatError(
+                f"{folder / EMBEDDINGS} holds float32 {exact.vectors.shape}; "
+                f"the manifest says float32 ({count}, {dim})"
+            )
+        ids, paths = read_items(folder)
+        info = manifest.get("model") or {}
+        if not isinstance(info, dict):
+            raise IndexFormatError(f"{folder} has a manifest whose model entry is not an object")
+        checkpoint = info.get("checkpoint")
+        if checkpoint is not None and not Path(checkpoint).is_absolute():
+            checkpoint = folder / checkpoint
+        try:
+            index = cls(
+                exact,
+                ids,
+                paths,
+                checkpoint=checkpoint,
+                model_hash=info.get("config_hash"),
+                weights_hash=info.get("weights_hash"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise IndexFormatError(f"{folder / ITEMS} does not match the embeddings: {exc}") from None
+        index.model_config = info.get("config")
+        entry = (manifest.get("backends") or {}).get("approximate")
+        if entry is None and APPROXIMATE in manifest["files"]:  # version 1 stored FAISS only
+            entry = {"backend": "faiss"}
+        if entry is not None:
+            approximate = backend_class(entry.get("backend") if isinstance(entry, dict) else None).load(
+                folder
+            )
+            if len(approximate) != count:
+                raise IndexFormatError(
+                    f"the approximate backend in {folder} holds {len(approximate)} vectors, not {count}"
+                )
+            index._approximate = approximate
+        return index
+
     def export(self, path: str | os.PathLike, format: str = "npy") -> list[Path]:
-        """Write the embeddings for other engines; returns the files written.
+        """Write the embeddings for other engines into the folder ``path``; returns the files written.
 
         ``"npy"``: ``embeddings.npy`` (float32 ``[n, d]``) plus ``metadata.json`` (``ids``, ``paths``,
-        ``dim``, ``metric``, ``model_config_hash``): row ``i`` of the array is ``ids[i]``.
-        ``"faiss"``: ``index.faiss`` (an exact ``IndexFlatL2``, or the FAISS approximate index if one
-        was built; FAISS row ``i`` is ``ids[i]``) plus the same ``metadata.json``.
-        ``"parquet"``: ``embeddings.parquet/part-*.parquet`` (``id``, ``path``, ``label``, ``vector``;
-        chunked, :func:`deeprank.embedding.parquet.write_parquet`) plus the same ``metadata.json``.
+        ``dim``, ``metric``, ``model_config_hash``, ``model_weights_hash``, ``files`` with sizes and
+        sha256): row ``i`` of the array is ``ids[i]``. ``"faiss"``: ``index.faiss`` (an exact
+        ``IndexFlatL2``, or the FAISS approximate index if one was built in memory; FAISS row ``i``
+        is ``ids[i]``, or for an IVF index the FAISS id is ``Index.keys[i]``) plus the same
+        ``metadata.json``. ``"parquet"``: ``embeddings.parquet/part-*.parquet`` (``id``, ``path``,
+        ``label``, ``vector``; chunked, :func:`deeprank.embedding.parquet.write_parquet`) plus the same
+        ``metadata.json``. The folder is replaced as a whole (:mod:`deeprank.index.export`); one
+        holding other files is refused.
         """
         if format not in ("npy", "faiss", "parquet"):
             raise ValueError(f"format must be 'npy', 'faiss' or 'parquet', got {format!r}")
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        if format == "npy":
-            with atomic_path(out / EMBEDDINGS) as tmp, open(tmp, "wb") as fh:
-                np.save(fh, self.embeddings, allow_pickle=False)
-            written = [out / EMBEDDINGS]
-        elif format == "parquet":
-            written = write_parquet(out, self._ids, self._paths, self.embeddings)
-        else:
+
+        def fill(folder: Path) -> list[Path]:
+            if format == "npy":
+                with atomic_path(folder / EMBEDDINGS) as tmp, open(tmp, "wb") as fh:
+                    np.save(fh, self.embeddings, allow_pickle=False)
+                return [folder / EMBEDDINGS]
+            if format == "parquet":
+                return write_parquet(folder, self._ids, self._paths, self.embeddings)
             approximate = self._approximate
-            if not isinstance(approximate, FaissIndex):
-                approximate = FaissIndex.build(self.embeddings, kind="flat")
-            written = [approximate.write(out / "index.faiss")]
+            if not isinstance(approximate, FaissIndex) or approximate.info.get("on_disk"):
+                approximate = FaissIndex.build(self.embeddings, kind="flat")  # one self-contained file
+            return [approximate.write(folder / "index.faiss")]
+
         meta = {
+            "format": "deeprank-export",
             "ids": self._ids,
             "paths": self._paths,
             "dim": self.dim,
             "count": len(self),
             "metric": "sqeuclidean",
             "model_config_hash": self.model_hash,
+            "model_weights_hash": self.weights_hash,
+            "keys": self._keys.array.tolist(),  # an IVF index.faiss answers with these, not rows
         }
-        return [*written, write_json_atomic(out / "metadata.json", meta, indent=None)]
+        return write_export(path, meta, fill)

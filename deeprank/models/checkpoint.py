@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..io import write_bytes_atomic
+from ..io import sha256_file, write_bytes_atomic
 
 __all__ = [
     "CONFIG_FILE",
@@ -37,6 +37,7 @@ __all__ = [
     "load_train_state",
     "resolve_model",
     "save_checkpoint",
+    "weights_hash",
 ]
 
 FORMAT = "deeprank-checkpoint"
@@ -61,6 +62,11 @@ def config_hash(config: Mapping[str, Any]) -> str:
     """
     text = json.dumps(_arch(config), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def weights_hash(directory: str | os.PathLike) -> str:
+    """The hex sha256 of a checkpoint's ``model.safetensors`` (what an index records of its weights)."""
+    return sha256_file(Path(directory) / WEIGHTS_FILE)
 
 
 def save_checkpoint(

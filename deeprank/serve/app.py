@@ -96,7 +96,8 @@ class Health(BaseModel):
     dim: int
     image_search: bool = Field(description="whether the server has a model to embed uploads")
     model_hash: str | None
-    approximate: bool = Field(description="whether searches use the approximate (FAISS) index")
+    approximate: bool = Field(description="whether searches use the approximate backend")
+    backend: str = Field(description="the backend searches use: flat (exact), faiss or milvus")
     max_k: int
     default_k: int
     max_upload_bytes: int
@@ -245,6 +246,7 @@ def create_app(
             "image_search": service.model is not None,
             "model_hash": index.model_hash,
             "approximate": service.approximate,
+            "backend": service.backend,
             "max_k": max_k,
             "default_k": min(default_k, len(index)),
             "max_upload_bytes": int(max_upload_bytes),

@@ -66,8 +66,10 @@ class SearchService:
         if len(index) == 0:
             raise DeeprankError("the index is empty: nothing to serve")
         if approximate and index.approximate_index is None:
-            raise DeeprankError("approximate search needs an index saved with an approximate (FAISS) index")
+            raise DeeprankError("approximate search needs an index saved with an approximate backend")
         self.approximate = bool(approximate)
+        searched = index.approximate_index if approximate else None
+        self.backend = "flat" if searched is None else getattr(type(searched), "backend_name", "custom")
         self.index = index
         self.max_pixels = max_image_pixels() if max_pixels is None else int(max_pixels)
         self.formats = supported_formats(formats)

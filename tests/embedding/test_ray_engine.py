@@ -1,6 +1,7 @@
 """The Ray engine on a local Ray instance (2 CPUs): the vectors of the local engine, the same skipped
 files, and a killed run resumed to the same result."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,11 +17,21 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A local Ray instance for the module; its address lets subprocess drivers join it."""
+def cluster(tmp_path_factory):
+    """A local Ray instance for the module; its address lets subprocess drivers join it.
+
+    Ray puts the driver's working folder on its workers' ``sys.path``: started from the repository
+    root, workers would import the source tree's ``deeprank`` (no compiled ``_C`` unless built in
+    place) rather than the installed one, so the instance starts from an empty folder.
+    """
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        here = os.getcwd()
+        os.chdir(tmp_path_factory.mktemp("ray-cwd"))
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        finally:
+            os.chdir(here)
     yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()
@@ -86,7 +97,8 @@ def test_killed_ray_run_resumed_gives_the_same_result(
 ):
     out = tmp_path / "killed"
     args = [sys.executable, "-c", KILLED_DRIVER, str(grey_checkpoint), str(mixed_folder), str(out), cluster]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    # From tmp_path: the child's sys.path starts with its working folder (see ``cluster``).
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert sorted(p.name for p in out.glob("shard-*.json")) == ["shard-00000.json", "shard-00001.json"]
     res = embed_to_shards(

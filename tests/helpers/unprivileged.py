@@ -25,6 +25,7 @@ import torch
 import deeprank, deeprank.cli as cli
 import deeprank.data, deeprank.demo, deeprank.embedding, deeprank.evaluation, deeprank.evaluation.plots
 import deeprank.index, deeprank.models, deeprank.training, deeprank.training.config
+import safetensors, safetensors.torch, fcntl  # imported lazily by deeprank; /root is closed to nobody
 import csv, shutil, tempfile, uuid, encodings.idna, cProfile, pstats, secrets, numpy.random, torch._dynamo
 from PIL import Image, ImageEnhance, ImageOps, ImageDraw, ImageFont
 Image.init()

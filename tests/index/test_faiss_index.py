@@ -115,3 +115,107 @@ def test_build_rejects_bad_arguments(data):
         FaissIndex.build(np.empty((0, 16), np.float32), kind="hnsw")
     with pytest.raises(ValueError, match="2 keys for 600"):
         FaissIndex.build(x, keys=[1, 2], kind="flat")
+
+
+@pytest.fixture
+def clustered(rng):
+    """Vectors in 40 clusters (IVF/PQ behave as on real embeddings) and queries near them."""
+    centres = rng.standard_normal((40, 32)).astype(np.float32) * 4
+    x = centres[rng.integers(0, 40, 6000)] + rng.standard_normal((6000, 32)).astype(np.float32)
+    q = centres[rng.integers(0, 40, 60)] + rng.standard_normal((60, 32)).astype(np.float32)
+    return x, q, rng.permutation(6000).astype(np.int64) * 7 + 1
+
+
+@pytest.mark.parametrize(
+    "factory, floor",
+    [("HNSW16", 0.9), ("IVF32,Flat", 0.9), ("IVF32,PQ16x4", 0.3), ("IVF32_HNSW8,PQ16x4", 0.3)],
+)
+def test_factory_strings_against_the_float64_reference(clustered, factory, floor):
+    from deeprank.ops.reference import topk_reference
+
+    x, q, keys = clustered
+    ann = (
+        FaissIndex.build(x, keys, factory, train_size=2000, nprobe=8)
+        if "IVF" in factory
+        else (FaissIndex.build(x, keys, factory))
+    )
+    assert ann.info["kind"] == factory and len(ann) == 6000
+    _, want_rows = topk_reference(q, x, 10)  # independent float64 exact answer
+    dist, got = ann.search(q, 10)
+    assert recall_at_k(got, keys[want_rows]) >= floor
+    assert np.all(np.diff(dist, axis=1) >= -1e-4)  # ascending
+    if "IVF" in factory:
+        assert ann.info["train_vectors"] == 2000 and ann.search_params()["nprobe"] == 8
+
+
+def test_nprobe_and_ef_search_at_query_time(clustered):
+    x, q, keys = clustered
+    exact = FlatIndex(x, keys)
+    _, want = exact.search(q, 10)
+    ivf = FaissIndex.build(x, keys, "IVF64,Flat", nprobe=1)
+    low = recall_at_k(ivf.search(q, 10)[1], want)
+    high = recall_at_k(ivf.search(q, 10, nprobe=64)[1], want)  # every list: exact
+    assert high == 1.0 and low < high and ivf.search_params() == {"nprobe": 1}  # per call only
+    ivf.set_search_params(nprobe=64)
+    assert recall_at_k(ivf.search(q, 10)[1], want) == 1.0
+    with pytest.raises(ValueError, match="ef_search does not apply"):
+        ivf.search(q, 10, ef_search=16)
+    with pytest.raises(ValueError, match="nprobe must be a positive integer"):
+        ivf.set_search_params(nprobe=0)
+    hnsw = FaissIndex.build(x, keys, "HNSW8", ef_search=4)
+    assert hnsw.search_params() == {"ef_search": 4}
+    assert recall_at_k(hnsw.search(q, 10, ef_search=256)[1], want) >= recall_at_k(hnsw.search(q, 10)[1], want)
+    with pytest.raises(ValueError, match="nprobe does not apply"):
+        hnsw.search(q, 10, nprobe=3)
+    both = FaissIndex.build(x, keys, "IVF64_HNSW8,Flat")
+    assert set(both.search_params()) == {"nprobe", "ef_search"}
+    both.set_search_params(ef_search=99)
+    assert both.search_params()["ef_search"] == 99
+
+
+def test_ivf_removes_by_key_and_keeps_answering_in_keys(clustered):
+    x, q, keys = clustered
+    ann = FaissIndex.build(x, keys, "IVF32,Flat", nprobe=32)  # all lists: exact answers
+    gone = keys[:100]
+    assert ann.remove(gone) == 100 and len(ann) == 5900
+    _, got = ann.search(x[:100], 1)
+    assert not np.isin(got, gone).any()
+    _, want = FlatIndex(x[100:], keys[100:]).search(q, 5)
+    assert recall_at_k(ann.search(q, 5)[1], want) == 1.0
+    with pytest.raises(KeyError):
+        ann.remove(gone[:1])
+    ann.add(x[:1], gone[:1])  # a removed key may come back
+    assert ann.search(x[:1], 1)[1][0, 0] == gone[0]
+    flat = FaissIndex.build(x[:50], keys[:50], "flat")
+    assert flat.remove(keys[10:20]) == 10
+    np.testing.assert_array_equal(flat.search(x[20:25], 1)[1][:, 0], keys[20:25])
+
+
+def test_on_disk_ivf_is_memory_mapped_read_only(tmp_path, clustered):
+    x, q, keys = clustered
+    ann = FaissIndex.build(x, keys, "IVF32,PQ16x4", on_disk=True, nprobe=8)
+    expect = ann.search(q, 10)
+    assert sorted(ann.save(tmp_path)) == ["approximate.faiss", "approximate.ivfdata", "approximate.keys.npy"]
+    assert (tmp_path / "approximate.ivfdata").stat().st_size >= 6000 * (8 + 8)  # codes + ids
+    np.testing.assert_array_equal(ann.search(q, 10)[1], expect[1])  # the live index is unchanged
+    loaded = FaissIndex.load(tmp_path)
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(loaded.index).invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists) and lists.read_only
+    assert loaded.info["on_disk"] and loaded.search_params() == {"nprobe": 8}
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], expect[1])
+    with pytest.raises(NotImplementedError, match="read-only"):
+        loaded.add(x[:1], [0])
+    with pytest.raises(NotImplementedError, match="read-only"):
+        loaded.remove(keys[:1])
+    again = tmp_path / "again"  # a loaded on-disk index saves again (its lists linked, not rewritten)
+    again.mkdir()
+    loaded.save(again)
+    np.testing.assert_array_equal(FaissIndex.load(again).search(q, 10)[1], expect[1])
+    with pytest.raises(ValueError, match="on_disk needs an IVF index"):
+        FaissIndex.build(x, keys, "HNSW8", on_disk=True)
+
+
+def test_bad_factory_strings_are_one_clear_error(data):
+    x, _, _ = data
+    with pytest.raises(ValueError, match="FAISS factory string, got 'IVF,,PQ'"):
+        FaissIndex.build(x, kind="IVF,,PQ")

@@ -5,9 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from crash import every_kill
 
 from deeprank import FlatIndex, Index
 from deeprank.errors import DeeprankError, IndexFormatError, ModelMismatchError
+from deeprank.index import format as fmt
+from deeprank.io import sha256_file
 from deeprank.ops.reference import topk_reference
 
 
@@ -82,7 +85,7 @@ def test_save_load_round_trip(tmp_path, rng):
     ids = [f"a/{i}.png" for i in range(30)] + list(range(30, 40))
     index = make_index(rng, n=40, d=6, ids=ids)
     path = index.save(tmp_path / "idx")
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = fmt.read_manifest(path)
     assert manifest["dim"] == 6 and manifest["count"] == 40 and manifest["metric"] == "sqeuclidean"
     assert set(manifest["files"]) == {"embeddings.npy", "items.json"}
     loaded = Index.load(path)
@@ -96,6 +99,7 @@ def test_save_load_round_trip(tmp_path, rng):
     loaded.save(path)
     assert len(Index.load(path)) == 41
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
+    assert len(loaded.search(q, 4).ids) == 3  # the loaded index still searches its (replaced) version
 
 
 def test_save_refuses_to_replace_other_folders(tmp_path, rng):
@@ -111,8 +115,24 @@ def saved(tmp_path, rng):
     return make_index(rng, n=20, d=5).save(tmp_path / "idx")
 
 
+def folder_of(root):
+    return root / json.loads((root / fmt.POINTER).read_text())["directory"]
+
+
+def rewrite_manifest(root, change):
+    """Change the manifest and re-sign it in the pointer."""
+    import hashlib
+
+    folder = folder_of(root)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    data = json.dumps(manifest).encode()
+    (folder / "manifest.json").write_bytes(data)
+    (root / fmt.POINTER).write_bytes(fmt._pointer_bytes(folder.name, hashlib.sha256(data).hexdigest()))
+
+
 def test_load_surfaces_format_errors(saved):
-    f = saved / "embeddings.npy"
+    f = folder_of(saved) / "embeddings.npy"
     data = bytearray(f.read_bytes())
     data[-1] ^= 0xFF
     f.write_bytes(bytes(data))
@@ -125,9 +145,7 @@ def test_load_surfaces_format_errors(saved):
 
 
 def test_embeddings_not_matching_the_manifest(saved):
-    manifest = json.loads((saved / "manifest.json").read_text())
-    manifest["dim"] = 6
-    (saved / "manifest.json").write_text(json.dumps(manifest))
+    rewrite_manifest(saved, lambda m: m.update(dim=6))
     with pytest.raises(
         IndexFormatError, match=r"holds float32 \(20, 5\); the manifest says float32 \(20, 6\)"
     ):
@@ -135,13 +153,11 @@ def test_embeddings_not_matching_the_manifest(saved):
 
 
 def test_items_not_matching_embeddings(saved):
-    items = json.loads((saved / "items.json").read_text())
+    items = json.loads((folder_of(saved) / "items.json").read_text())
     items["ids"] = items["ids"][:-1]
     text = json.dumps(items)
-    (saved / "items.json").write_text(text)
-    manifest = json.loads((saved / "manifest.json").read_text())
-    manifest["files"]["items.json"]["bytes"] = len(text)
-    (saved / "manifest.json").write_text(json.dumps(manifest))
+    (folder_of(saved) / "items.json").write_text(text)
+    rewrite_manifest(saved, lambda m: m["files"]["items.json"].update(bytes=len(text)))
     with pytest.raises(IndexFormatError, match="does not match the embeddings"):
         Index.load(saved, verify=False)
 
@@ -162,8 +178,63 @@ def test_export_npy(tmp_path, rng):
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "embeddings.npy"), index.embeddings)
     meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
     assert meta["ids"] == index.ids and meta["dim"] == 3 and meta["metric"] == "sqeuclidean"
+    assert meta["files"]["embeddings.npy"]["sha256"] == sha256_file(tmp_path / "out" / "embeddings.npy")
     with pytest.raises(ValueError, match="format"):
         index.export(tmp_path / "out", format="csv")
+    index.remove(["x0"])
+    index.export(tmp_path / "out")  # an earlier export is replaced as a whole
+    assert json.loads((tmp_path / "out" / "metadata.json").read_text())["count"] == 11
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(DeeprankError, match="not a deeprank export"):
+        index.export(tmp_path / "mine")
+
+
+def read_export(folder):
+    """The ids of a whole export (every file matching metadata.json), else an AssertionError."""
+    meta = json.loads((folder / "metadata.json").read_text())
+    for name, facts in meta["files"].items():
+        assert sha256_file(folder / name) == facts["sha256"], f"{name} does not belong to metadata.json"
+    assert np.load(folder / "embeddings.npy").shape[0] == meta["count"] == len(meta["ids"])
+    return meta["ids"]
+
+
+def test_an_export_killed_at_any_step_leaves_the_old_or_the_new_one(tmp_path, rng):
+    from deeprank.io import exchange_paths
+
+    old, new = make_index(rng, n=8, d=3), make_index(rng, n=5, d=3, ids=list("abcde"))
+    target = tmp_path / "out"
+    old.export(target)
+    probe = [tmp_path / "p", tmp_path / "q"]
+    for p in probe:
+        p.mkdir()
+    if not exchange_paths(*probe):
+        pytest.skip("without an atomic exchange a kill between two renames leaves OUT.old only")
+
+    def check(step):
+        assert read_export(target) in (old.ids, new.ids), f"killed at step {step}"
+
+    assert every_kill(lambda: new.export(target), check) >= 3
+    new.export(target)  # and the next export cleans what the killed ones left
+    assert read_export(target) == new.ids
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "p", "q"]
+
+
+def test_a_save_killed_at_any_step_leaves_the_old_or_the_new_index(tmp_path, rng):
+    old, new = make_index(rng, n=8, d=3), make_index(rng, n=5, d=3, ids=list("abcde"))
+    path = old.save(tmp_path / "idx")
+    seen = set()
+
+    def check(step):
+        loaded = Index.load(path)
+        want = old if loaded.ids == old.ids else new
+        assert loaded.ids == want.ids, f"killed at step {step}"
+        np.testing.assert_array_equal(loaded.embeddings, want.embeddings)
+        seen.add(len(loaded))
+
+    assert every_kill(lambda: new.save(path), check) >= 8
+    assert seen == {8, 5}
 
 
 def test_export_faiss_and_approximate_search(tmp_path, rng):
@@ -209,12 +280,12 @@ def test_ids_follow_keys_through_removals_and_a_save(tmp_path, rng):
     np.testing.assert_array_equal(index.keys, [*kept, 30])  # keys are never renumbered
     # Keys are no longer row positions after the removals: the save records them in keys.npy.
     index.save(tmp_path / "idx")
-    assert set(json.loads((tmp_path / "idx" / "manifest.json").read_text())["files"]) == {
+    assert set(fmt.read_manifest(tmp_path / "idx")["files"]) == {
         "embeddings.npy",
         "keys.npy",
         "items.json",
     }
-    np.testing.assert_array_equal(np.load(tmp_path / "idx" / "embeddings.npy"), rows)  # row i = item i
+    np.testing.assert_array_equal(np.load(folder_of(tmp_path / "idx") / "embeddings.npy"), rows)  # row i
     loaded = Index.load(tmp_path / "idx")
     assert loaded.ids == names and loaded.search(q, 4).ids == res.ids
     np.testing.assert_array_equal(loaded.keys, index.keys)
@@ -247,7 +318,7 @@ def test_any_backend_serves_approximate_search(tmp_path, rng):
     report = index.set_approximate(exact_copy, recall_queries=10, k=4)
     assert report["recall@4"] == 1.0 and report["queries"] == 10
     np.testing.assert_array_equal(index.search(q, 3, approximate=True).indices, index.search(q, 3).indices)
-    with pytest.raises(DeeprankError, match="FAISS approximate index only"):
+    with pytest.raises(DeeprankError, match="cannot store a FlatIndex as its approximate backend"):
         index.save(tmp_path / "idx")
     with pytest.raises(ValueError, match="holds 3 vectors"):
         index.set_approximate(FlatIndex(np.zeros((3, 6), np.float32)))
@@ -275,7 +346,7 @@ def test_approximate_backend_follows_adds_and_is_dropped_on_removal(tmp_path, rn
     expect = index.search(extra, 3, approximate=True)
     assert expect.ids[1][0] == "x1"
     loaded = Index.load(index.save(tmp_path / "idx"))
-    assert set(json.loads((tmp_path / "idx" / "manifest.json").read_text())["files"]) == {
+    assert set(fmt.read_manifest(tmp_path / "idx")["files"]) == {
         "embeddings.npy",
         "keys.npy",
         "items.json",
@@ -284,3 +355,24 @@ def test_approximate_backend_follows_adds_and_is_dropped_on_removal(tmp_path, rn
     }
     got = loaded.search(extra, 3, approximate=True)
     assert got.ids == expect.ids and np.array_equal(got.indices, expect.indices)
+
+
+def test_an_ivf_backend_follows_removals_and_an_on_disk_one_is_saved_and_reopened(tmp_path, rng):
+    pytest.importorskip("faiss")
+    vectors = rng.normal(size=(800, 8)).astype(np.float32)
+    index = Index.from_vectors(vectors, ids=[f"v{i}" for i in range(800)])
+    report = index.build_approximate("IVF8,Flat", nprobe=8, on_disk=True, recall_queries=50, k=5)
+    assert report["recall@5"] == 1.0 and report["on_disk"]  # every list probed: exact
+    assert index.remove(["v0", "v1"]) == 2 and len(index.approximate_index) == 798  # kept, not dropped
+    q = vectors[:5] + 1e-3
+    expect = index.search(q, 3)
+    assert index.search(q, 3, approximate=True).ids == expect.ids
+    loaded = Index.load(index.save(tmp_path / "idx"))
+    entry = fmt.read_manifest(tmp_path / "idx")["backends"]["approximate"]
+    assert entry == {"backend": "faiss", "kind": "IVF8,Flat", "on_disk": True, "nprobe": 8}
+    assert loaded.search(q, 3, approximate=True).ids == expect.ids
+    assert loaded.search(q, 3, approximate=True, nprobe=1).ids[0][0] == expect.ids[0][0]
+    loaded.add(vectors[:1], ids=["back"])  # the mapped lists are read-only: the backend is dropped
+    assert loaded.approximate_index is None
+    files = loaded.export(tmp_path / "out", format="faiss")
+    assert [f.name for f in files] == ["index.faiss", "metadata.json"]
