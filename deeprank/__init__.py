@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from . import nn
 from ._build import build_info, get_num_threads, set_num_threads
+from ._version import __version__
 from .index import FlatIndex, Index
 from .ops import lrn, topk, triplet_loss
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "FlatIndex",
     "Index",
     "build_info",

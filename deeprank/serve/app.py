@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from .._version import __version__
 from ..data.images import max_image_pixels
 from ..index import Index
 from .service import SearchService, image_url, short_id
@@ -368,8 +369,6 @@ def _page_headers() -> dict[str, str]:
 
 def _version() -> str:
     try:
-        from .. import __version__
-
         return str(__version__)
     except ImportError:
         return "0"
