@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from deeprank.errors import DeeprankError
 from deeprank.models import MultiScaleNet
 from deeprank.models.checkpoint import load_config, load_train_state, save_checkpoint
 from deeprank.training import TrainConfig, train
@@ -59,7 +60,8 @@ def test_the_saved_config_wins_but_for_the_callers_fields():
     assert merged.checkpoint_every == 5.0
     assert all(getattr(merged, name) == getattr(caller, name) for name in CALLER_FIELDS)
     budget = {"epochs", "max_steps", "max_triplets", "time_budget", "stop_at_step"}
-    assert set(CALLER_FIELDS) == budget | {"output", "device", "threads", "checkpoint_every", "resume"}
+    callers = {"output", "device", "threads", "checkpoint_every", "resume", "overwrite"}
+    assert set(CALLER_FIELDS) == budget | callers
 
 
 def test_a_resumed_run_keeps_its_settings_and_takes_a_longer_budget(small):
@@ -74,7 +76,9 @@ def test_a_resumed_run_keeps_its_settings_and_takes_a_longer_budget(small):
 def test_resume_point_loads_the_checkpoint_model_or_nothing(small):
     assert resume_point(small("none", resume=True)) is None  # nothing to resume: a fresh run
     out = train(small("run"), progress=False)
-    assert resume_point(small("run")) is None  # resume not asked
+    with pytest.raises(DeeprankError, match="not empty"):  # resume not asked: a fresh run is refused
+        resume_point(small("run"))
+    assert resume_point(small("run", overwrite=True)) is None  # a fresh run, as asked
     point = resume_point(small("run", resume=True, max_steps=9))
     assert point.config.max_steps == 9 and point.state["step"] == 3
     assert not point.model.training
