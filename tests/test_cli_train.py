@@ -127,3 +127,16 @@ def test_a_bad_output_cache_setting_warns_and_training_runs(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "DEEPRANK_OUTPUT_CACHE_MB must be a whole number" in done.stderr and "'abc'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_triplet_csv_with_one_readable_triplet_trains_and_an_all_bad_one_is_one_line(capsys, tmp_path):
+    for name in ("a", "b", "c"):
+        Image.new("RGB", (12, 12), (40 * len(name), 90, 200)).save(tmp_path / f"{name}.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tmp_path / "one.csv").write_text("a.png,b.png,c.png\nbad.png,b.png,c.png\na.png,bad.png,c.png\n")
+    code, _, err = run(capsys, "train", tmp_path / "one.csv", "-o", tmp_path / "o1", *SMALL)
+    assert code == 0, err
+    (tmp_path / "none.csv").write_text("bad.png,b.png,c.png\na.png,bad.png,c.png\n")
+    code, _, err = run(capsys, "train", tmp_path / "none.csv", "-o", tmp_path / "o2", *SMALL)
+    assert_one_line_error(code, err.replace(err.split("\n")[0] + "\n", "", 1), "every triplet")
+    assert err.startswith("deeprank: warning: skipping") and "bad.png" in err.splitlines()[0]
