@@ -206,11 +206,14 @@ def resume_point(config: TrainConfig) -> ResumePoint | None:
     """
     check_output(config)
     output = Path(config.output)
+    has_config = (output / CONFIG_FILE).is_file()
     has_state = (output / STATE_FILE).is_file() or (output / LEGACY_STATE_FILE).exists()
-    if not (config.resume and ((output / CONFIG_FILE).is_file() or has_state)):
+    if not (config.resume and (has_config or has_state)):
         return None
-    saved = load_config(output)
-    load_model(output)  # a truncated or corrupt model.safetensors is reported, not replaced silently
+    saved: dict[str, Any] = {}
+    if has_config:  # absent only after a kill during the first save: the state is enough
+        saved = load_config(output)
+        load_model(output)  # a truncated or corrupt model.safetensors is reported, not replaced silently
     state = load_train_state(output)
     if state is None:
         raise ValueError(f"{output} has no training state to resume from ({STATE_FILE} missing)")
