@@ -199,7 +199,11 @@ class TrainConfig:
     )
     max_cache_bytes: int = field(
         default=2 << 30,
-        metadata={"flag": "--max-cache-bytes", "help": "decoded-image cache size in bytes (default 2 GiB)"},
+        metadata={
+            "flag": "--max-cache-bytes",
+            "help": "decoded images kept in memory, in bytes: one block, never larger than the images "
+            "themselves (default 2 GiB)",
+        },
     )
     model_options: dict[str, Any] = field(
         default_factory=dict,
@@ -224,6 +228,10 @@ def check_config(config: TrainConfig) -> None:
         value = getattr(config, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a whole number >= 1 when given, got {value!r}")
+    if isinstance(config.max_cache_bytes, bool) or not isinstance(config.max_cache_bytes, int):
+        raise ValueError(f"max_cache_bytes must be a whole number of bytes, got {config.max_cache_bytes!r}")
+    if config.max_cache_bytes < 0:
+        raise ValueError(f"max_cache_bytes must be >= 0, got {config.max_cache_bytes}")
     for name in ("epochs", "max_steps", "max_triplets", "time_budget"):
         value = getattr(config, name)
         if value is not None and not value > 0:

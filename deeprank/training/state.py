@@ -199,13 +199,19 @@ def resume_point(config: TrainConfig) -> ResumePoint | None:
     ``None`` unless ``config.resume`` and the output directory holds a checkpoint; a checkpoint
     without a training state raises ``ValueError``, as does a corrupt one. A fresh run into a
     non-empty folder without ``overwrite`` raises :class:`~deeprank.errors.DeeprankError`
-    (:func:`check_output`).
+    (:func:`check_output`); with ``overwrite`` (and no ``resume``) the old training state is deleted.
 
     The model and the saved settings come from the training state (which holds the weights it
     belongs to); ``model.safetensors`` and ``config.json`` are checked to be whole.
     """
     check_output(config)
     output = Path(config.output)
+    if config.overwrite and not config.resume:
+        # A new run: the old run's state goes now, so a --resume after this run is cut before its
+        # first save cannot continue the old run instead (its weights stay until replaced).
+        for name in (STATE_FILE, LEGACY_STATE_FILE):
+            (output / name).unlink(missing_ok=True)
+        return None
     has_config = (output / CONFIG_FILE).is_file()
     has_state = (output / STATE_FILE).is_file() or (output / LEGACY_STATE_FILE).exists()
     if not (config.resume and (has_config or has_state)):

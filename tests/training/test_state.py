@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from deeprank.errors import DeeprankError
 from deeprank.models import MultiScaleNet
-from deeprank.models.checkpoint import load_config, load_train_state, save_checkpoint
+from deeprank.models.checkpoint import STATE_FILE, load_config, load_train_state, save_checkpoint
 from deeprank.training import TrainConfig, train
 from deeprank.training.loop import Trainer
 from deeprank.training.state import (
@@ -78,7 +78,12 @@ def test_resume_point_loads_the_checkpoint_model_or_nothing(small):
     out = train(small("run"), progress=False)
     with pytest.raises(DeeprankError, match="not empty"):  # resume not asked: a fresh run is refused
         resume_point(small("run"))
+    assert resume_point(small("run", resume=True)) is not None
     assert resume_point(small("run", overwrite=True)) is None  # a fresh run, as asked
+    assert not (out / STATE_FILE).exists() and (out / "model.safetensors").is_file()  # old state gone
+    with pytest.raises(ValueError, match="no training state"):  # so resume cannot continue the old run
+        resume_point(small("run", resume=True))
+    out = train(small("run", overwrite=True), progress=False)
     point = resume_point(small("run", resume=True, max_steps=9))
     assert point.config.max_steps == 9 and point.state["step"] == 3
     assert not point.model.training
