@@ -25,6 +25,7 @@ from ..data.folders import ImageFolder, UnlabelledFolder
 from ..data.images import SkippedImages, UnreadableImage, resize
 from ..data.store import ImageStore
 from ..data.triplet_csv import read_triplet_csv
+from ..errors import EmptyCollectionError
 from .config import TrainConfig
 from .relevance import build_relevance
 from .sampler import ReservoirTripletSampler
@@ -176,7 +177,9 @@ class SampledSource(Source):
             if t is None or (bad and {t.query, t.positive, t.negative} & bad):
                 misses += 1
                 if misses > 100 * count + 10 * self.size:
-                    raise RuntimeError("the sampler emits no triplets: check the categories and relevance")
+                    raise EmptyCollectionError(
+                        "the sampler emits no triplets: check the categories and relevance"
+                    )
                 continue
             out.append((t.query, t.positive, t.negative))
         return out
@@ -240,15 +243,19 @@ class TripletListSource(Source):
         self.path = path
 
     def refill(self, count: int) -> list[tuple[int, int, int]]:
+        """The next ``count`` triplets that touch no known-unreadable image (repeats when there are few)."""
         out: list[tuple[int, int, int]] = []
-        tries = 0
+        misses = 0  # known-bad triplets drawn since the last good one
         while len(out) < count:
             t = tuple(int(v) for v in self.triplets[self.walk.next()[0]])
-            tries += 1
             if not set(t) & self.store.bad:
                 out.append(t)  # type: ignore[arg-type]
-            elif tries > 2 * self.size + count:
-                raise RuntimeError(f"every triplet of {self.path} has an unreadable image")
+                misses = 0
+                continue
+            misses += 1
+            # Each pass is a permutation, so any 2 * size draws in a row hold every triplet at least once.
+            if misses > 2 * self.size:
+                raise EmptyCollectionError(f"every triplet of {self.path} has an unreadable image")
         return out
 
     def next_batch(self, batch_size: int) -> Batch:
@@ -308,7 +315,7 @@ class InstanceSource(Source):
                 self.skipped.add(err)
                 misses += 1
                 if misses > 10 * self.size:
-                    raise RuntimeError(f"no readable images in {self.folder.root}") from None
+                    raise EmptyCollectionError(f"no readable images in {self.folder.root}") from None
                 continue
             q.append(full), p.append(view), n.append(negative)
             ids.append(i), neg_ids.append(j)
