@@ -299,6 +299,22 @@ def gather_triplets(
 # ------------------------------------------------------------------------------- batch norm
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """``sum over ranks`` with its gradient: the backward pass sums the gradients over ranks too."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
 class CPUSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the global batch; works on any backend.
 
@@ -310,14 +326,12 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - torch's argument name
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
         channels = input.shape[1]
         count = torch.full((1,), input.numel() // channels, dtype=input.dtype, device=input.device)
         dims = [d for d in range(input.dim()) if d != 1]
         stats = torch.cat([input.sum(dims), (input * input).sum(dims), count])
         with collective("the batch-norm statistics"):
-            stats = all_reduce(stats)
+            stats = _AllReduceSum.apply(stats)
         n = stats[-1]
         mean = stats[:channels] / n
         var = (stats[channels : 2 * channels] / n - mean * mean).clamp_min(0.0)

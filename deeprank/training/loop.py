@@ -34,6 +34,7 @@ Unreadable images are skipped with one warning each and counted (``config.json["
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import time
@@ -74,6 +75,13 @@ from .sources import Batch, Source, build_source, data_kind
 from .state import Counters, ResumePoint, restore_state, resume_point, save_training
 
 __all__ = ["StepStats", "Trainer", "default_max_shift", "train"]
+
+# DDP's keyword for "do not broadcast buffers before each forward" (renamed in torch 2.13).
+_NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 def default_max_shift(image_size: int) -> int:
@@ -177,7 +185,7 @@ class Trainer:
             # Batch norms are synchronised, so the buffers agree without DDP broadcasting them.
             ids = [self.device.index] if self.device.type == "cuda" else None
             with collective("wrapping the model in DistributedDataParallel"):
-                self.net = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+                self.net = DistributedDataParallel(self.model, device_ids=ids, **_NO_FORWARD_BUFFER_SYNC)
         self.mining = _mining_mode(config, self.source)
         self.max_shift = default_max_shift(image_size) if config.max_shift is None else config.max_shift
         self.optimizer = torch.optim.SGD(
