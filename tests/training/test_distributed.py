@@ -108,9 +108,10 @@ def test_the_out_of_class_fraction_over_all_ranks_is_that_of_one_process(share):
     ]
     one = [t for _, t in _draws(_source(World(), categories=12, share=share), passes=30)]
     assert len(two) > 700 and len(one) > 700
-    # Binomial standard deviation of the difference about 0.015. Both are above ``share``: an in-class negative must
-    # pass two acceptance draws and the relevance gap, so in-class attempts fail more often and the
-    # emitted triplets lean out-of-class (Algorithm 1 as written; the same on one process).
+    # Binomial standard deviation of the difference about 0.015. Both are above ``share``: an
+    # in-class negative must pass two acceptance draws and the relevance gap, so in-class attempts
+    # fail more often and the emitted triplets lean out-of-class (Algorithm 1 as written; the same
+    # on one process).
     assert abs(fraction(two) - fraction(one)) < 0.05
     assert share < fraction(one) < 1.0
 
