@@ -48,6 +48,7 @@ import torch
 from ..data.augment import random_shift
 from ..data.images import SkippedImages
 from ..devices import resolve_device
+from ..errors import DeeprankError
 from ..models.multiscale import MultiScaleNet
 from ..models.presets import preset_config
 from ..nn import TripletRankingLoss
@@ -74,7 +75,12 @@ from .rankstate import load_rank_state, save_rank_state
 from .sources import Batch, Source, build_source, data_kind
 from .state import Counters, ResumePoint, restore_state, resume_point, save_training
 
-__all__ = ["StepStats", "Trainer", "default_max_shift", "train"]
+__all__ = ["DivergedError", "StepStats", "Trainer", "default_max_shift", "train"]
+
+
+class DivergedError(DeeprankError, FloatingPointError):
+    """The training loss is not finite (on every rank alike: the loss is the global batch's)."""
+
 
 # DDP's keyword for "do not broadcast buffers before each forward" (renamed in torch 2.13).
 _NO_FORWARD_BUFFER_SYNC = (
@@ -460,9 +466,7 @@ def _run(config: TrainConfig, progress: bool, world: World) -> Path:
         _show(bar, trainer, throughput.rate, counters.elapsed_before + now - start_time)
         if not math.isfinite(stats.loss):  # the global loss: every rank stops with this message
             bar.close()
-            raise FloatingPointError(
-                f"training diverged at step {counters.step} (loss {stats.loss}); lower --lr"
-            )
+            raise DivergedError(f"training diverged at step {counters.step} (loss {stats.loss}); lower --lr")
     _show(bar, trainer, throughput.rate, elapsed(), force=True)
     bar.close()
     total = elapsed()

@@ -2,7 +2,8 @@
 
 ``python ddp_kinds_worker.py OUT FOLDER TRIPLETS_CSV SCORES_CSV`` with torchrun's variables set joins
 the process group once and trains, one after the other, on the triplet CSV, the unlabelled folder,
-the folder with a score table and the folder with golden features, into ``OUT/<kind>``.
+the folder with a score table and the folder with golden features, into ``OUT/<kind>``; then a run
+at a learning rate that overflows the weights, writing each rank's error to ``OUT/diverged-{r}.txt``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ KINDS = ("triplets", "unlabelled", "table", "golden")
 
 
 def main(out: Path, folder: Path, triplets: Path, scores: Path) -> None:
+    from deeprank.errors import DeeprankError
     from deeprank.training import TrainConfig
     from deeprank.training.distributed import detect_world, start, stop
     from deeprank.training.loop import _run
@@ -41,6 +43,11 @@ def main(out: Path, folder: Path, triplets: Path, scores: Path) -> None:
             **settings[kind],
         )
         _run(config, False, world)
+    config = TrainConfig(output=str(out / "diverged"), lr=1e30, warmup_steps=0, max_steps=6, batch_size=2)
+    try:
+        _run(config, False, world)
+    except DeeprankError as exc:
+        (out / f"diverged-{world.rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
     stop()
 
 

@@ -1,5 +1,5 @@
 """Every input kind trains on 2 gloo ranks: triplet CSV, unlabelled folder, score table, golden features
-(image folders and Fashion-MNIST are in test_distributed_run.py)."""
+(image folders and Fashion-MNIST are in test_distributed_run.py); a diverged loss stops both ranks."""
 
 from __future__ import annotations
 
@@ -44,3 +44,5 @@ def test_every_input_kind_trains_distributed(image_folder, tmp_path):
             2
         }
         load_model(out / kind)
+    messages = {(out / f"diverged-{r}.txt").read_text() for r in range(2)}
+    assert len(messages) == 1 and messages.pop().startswith("DivergedError: training diverged at step")
