@@ -13,6 +13,12 @@ what the training loop needs on top of DistributedDataParallel:
   :class:`CPUSyncBatchNorm` on CPU, where torch's has no kernel);
 * :func:`shard_source`: each rank streams a disjoint shard of each pass through its own sampler.
 
+What sharding changes statistically: a category has one Algorithm 1 buffer per rank instead of
+one, each filled from that rank's ``1/N`` of the category's images per pass, and a triplet's three
+images always come from one rank's buffers (no image is drawn by two ranks in one pass). While a
+category's share per rank fills ``buffer_capacity``, the draws behave as one process's; smaller
+shards leave the buffers with fewer candidates, so in-class negatives get rarer.
+
 A rank that dies or stalls makes the others fail within ``DEEPRANK_DIST_TIMEOUT`` seconds
 (:data:`DEFAULT_TIMEOUT_S` by default; a killed peer is usually noticed at once, when its sockets
 close) with a :class:`DistributedError` naming the collective, never a hang.
@@ -128,7 +134,7 @@ def timeout_seconds(env: Mapping[str, str] | None = None) -> float:
 
 
 def start(world: World, device: torch.device) -> torch.device:
-    """Join the process group of ``world`` (gloo on CPU, nccl on CUDA); returns this rank's device.
+    """Join the process group of ``world`` (gloo on CPU, nccl too on CUDA); returns this rank's device.
 
     On CUDA each rank takes GPU ``LOCAL_RANK``. ``MASTER_ADDR`` / ``MASTER_PORT`` come from torchrun.
     """
@@ -139,9 +145,11 @@ def start(world: World, device: torch.device) -> torch.device:
         if name not in os.environ:
             raise DistributedError(f"{name} is not set; start distributed training with torchrun")
     timeout = timeout_seconds()
+    # On GPUs nccl carries the tensors on the device (gradients, embeddings, batch-norm statistics)
+    # and gloo the few numbers decided on the host (budget, errors, loss sums), without a device copy.
     with collective("joining the process group"):
         dist.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo",
+            "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo",
             init_method="env://",
             rank=world.rank,
             world_size=world.size,
