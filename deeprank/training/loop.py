@@ -41,6 +41,7 @@ from ..data.images import SkippedImages
 from ..devices import resolve_device
 from ..models.multiscale import MultiScaleNet
 from ..models.presets import preset_config
+from ..models.trunk_cache import configure_trunk
 from ..nn import TripletRankingLoss
 from ..progress import Progress
 from .budget import budget_fraction, learning_rate
@@ -130,6 +131,9 @@ class Trainer:
         self.source, norm = build_source(config, image_size, channels, self.skipped)
         model = resumed.model if resumed is not None else _new_model(config, image_size, channels, norm)
         self.model = model.to(self.device).train()
+        # A pretrained trunk's mode (frozen + feature cache, last blocks, full); None without a trunk.
+        self.trunk_cache = configure_trunk(self.model, config)
+        self.shift = random_shift if self.trunk_cache is None else self.trunk_cache.shift
         # On CPU, channels-last convolutions, pooling and batch norm run about 1.5x faster (oneDNN's
         # native layout); CUDA keeps the default. Weights are saved contiguous either way.
         self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
@@ -170,7 +174,7 @@ class Trainer:
         x = batch.images.to(self.device, non_blocking=True)
         x = x.float().div_(255.0) if not x.is_floating_point() else x
         if self.max_shift:
-            x = random_shift(x, self.max_shift, self.augment_rng)
+            x = self.shift(x, self.max_shift, self.augment_rng)
         loss = self._loss(self.model(x.contiguous(memory_format=self.memory_format)), batch.labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
