@@ -26,7 +26,8 @@ class ImageStore:
         self.paths = [Path(p) for p in paths]
         self.image_size = int(image_size)
         self.channels = int(channels)
-        self.max_items = max(1, max_bytes // (self.channels * self.image_size**2))
+        self.bytes_per_item = self.channels * self.image_size**2
+        self.max_items = max(1, max_bytes // self.bytes_per_item)
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
         self.bad: set[int] = set()
 
@@ -39,7 +40,7 @@ class ImageStore:
             self._cache.move_to_end(index)
             return cached
         try:
-            image = image_tensor(self.paths[index], self.image_size, self.channels)
+            image = self._decode(index)
         except UnreadableImage:
             self.bad.add(index)
             raise
@@ -47,6 +48,10 @@ class ImageStore:
         if len(self._cache) > self.max_items:
             self._cache.popitem(last=False)
         return image
+
+    def _decode(self, index: int) -> torch.Tensor:
+        """Image ``index`` as ``uint8 [C, S, S]`` (a subclass reads other media than files)."""
+        return image_tensor(self.paths[index], self.image_size, self.channels)
 
     def pil(self, index: int):
         """The full-resolution PIL image (for augmented views); raises :class:`UnreadableImage`."""

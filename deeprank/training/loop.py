@@ -22,6 +22,9 @@ and checkpoints atomically every ``checkpoint_every`` seconds and at the end
 optimizer, counters, sampler and random states, so an interrupted step-budgeted run ends where an
 uninterrupted one would.
 
+Every step's loss, learning rate, triplets/s and share of active triplets go to ``RUN/log.jsonl``
+(and validation every ``val_every`` steps, the best model in ``RUN/best``): :mod:`.monitor`.
+
 Unreadable images are skipped with one warning each and counted (``config.json["progress"]["skipped"]``).
 """
 
@@ -45,7 +48,9 @@ from ..nn import TripletRankingLoss
 from ..progress import Progress
 from .budget import budget_fraction, learning_rate
 from .config import TrainConfig, check_config
+from .logbook import active_fraction
 from .mining import batch_all_triplet_loss, semi_hard_negatives
+from .monitor import RunMonitor
 from .sources import Source, build_source, data_kind
 from .state import Counters, ResumePoint, restore_state, resume_point, save_training
 
@@ -102,6 +107,7 @@ class StepStats:
     loss: float
     triplets: int
     lr: float
+    active_fraction: float = math.nan  # share of the step's sampled triplets with a non-zero hinge
 
 
 class Trainer:
@@ -171,13 +177,15 @@ class Trainer:
         x = x.float().div_(255.0) if not x.is_floating_point() else x
         if self.max_shift:
             x = random_shift(x, self.max_shift, self.augment_rng)
-        loss = self._loss(self.model(x.contiguous(memory_format=self.memory_format)), batch.labels)
+        embeddings = self.model(x.contiguous(memory_format=self.memory_format))
+        loss = self._loss(embeddings, batch.labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         value = float(loss.detach())
         self.counters.record(batch.triplets, value)
-        return StepStats(loss=value, triplets=batch.triplets, lr=lr)
+        active = active_fraction(embeddings, self.config.margin)
+        return StepStats(loss=value, triplets=batch.triplets, lr=lr, active_fraction=active)
 
 
 class _Throughput:
@@ -216,6 +224,7 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     bar = Progress("training", enabled=progress, interval=0.5)
     start = last_save = time.monotonic()
     throughput = _Throughput(start, counters.triplets)
+    monitor = RunMonitor(trainer)  # RUN/log.jsonl, TensorBoard, validation every val_every steps
 
     def elapsed() -> float:  # training seconds of every session so far
         return counters.elapsed_before + (time.monotonic() - start)
@@ -228,18 +237,22 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
         now = time.monotonic()
         throughput.update(counters.triplets, now)
         _show(bar, trainer, throughput.rate, counters.elapsed_before + now - start)
+        monitor.after_step(stats, throughput.rate, counters.elapsed_before + now - start)
         if not math.isfinite(stats.loss):
             bar.close()
+            monitor.close()
             raise FloatingPointError(
                 f"training diverged at step {counters.step} (loss {stats.loss}); lower --lr"
             )
         if config.checkpoint_every and now - last_save >= config.checkpoint_every:
             save_training(trainer, elapsed(), finished=False, rate=throughput.rate)
+            monitor.checkpointed()
             last_save = time.monotonic()
     _show(bar, trainer, throughput.rate, elapsed(), force=True)
     bar.close()
     total = elapsed()
     save_training(trainer, total, finished=trainer.budget_spent(total) >= 1.0, rate=throughput.rate)
+    monitor.close()
     if trainer.skipped.count:
         print(f"skipped {trainer.skipped.count} unreadable image(s)", file=sys.stderr)
     return Path(config.output)

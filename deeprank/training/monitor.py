@@ -1,0 +1,56 @@
+"""What a training run reports as it goes: the step log, TensorBoard and periodic validation.
+
+:class:`RunMonitor` is the loop's one handle on :mod:`deeprank.training.logbook` (``RUN/log.jsonl``)
+and :mod:`deeprank.training.validation` (every ``val_every`` steps, best checkpoint in ``RUN/best``).
+In a distributed run only the main process (``trainer.is_main``, where the trainer has it) writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .logbook import Logbook
+from .validation import SCORE, Validator
+
+__all__ = ["RunMonitor"]
+
+
+class RunMonitor:
+    """The log and validation of one training session (module docstring)."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.log: Logbook | None = None
+        self.validator: Validator | None = None
+        if not getattr(trainer, "is_main", True):
+            return
+        config = trainer.config
+        self.log = Logbook(config.output, trainer.counters.step, tensorboard=config.tensorboard)
+        if config.val_every:
+            self.validator = Validator(trainer, self.log.best(SCORE))
+
+    def after_step(self, stats: Any, rate: float, elapsed: float) -> None:
+        """Log the step just taken (and validate when due)."""
+        if self.log is None:
+            return
+        c = self.trainer.counters
+        values = {
+            "loss": stats.loss,
+            "lr": stats.lr,
+            "triplets": c.triplets,
+            "triplets_per_s": rate,
+            "active_fraction": stats.active_fraction,
+            "elapsed_s": elapsed,
+        }
+        self.log.write("train", c.step, values)
+        if self.validator is not None and self.validator.due(c.step):
+            self.log.write("val", c.step, self.validator.run(self.trainer))
+
+    def checkpointed(self) -> None:
+        """The run was checkpointed: flush the log to disk with it."""
+        if self.log is not None:
+            self.log.sync()
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
