@@ -134,10 +134,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def _model_on(checkpoint: str | os.PathLike, device: str) -> torch.nn.Module:
     """The model of a checkpoint on ``device`` (``auto|cpu|cuda[:N]``, :func:`deeprank.devices.
     resolve_device`), remembering its directory so an index built with it records the checkpoint."""
-    from .devices import resolve_device
-    from .models.checkpoint import resolve_model
+    from .api import model_on
 
-    return resolve_model(checkpoint, device=resolve_device(device))[0]
+    return model_on(checkpoint, device)
 
 
 def _index_on(path: str, model: str | None, device: str, *, verify: bool = True) -> Index:
