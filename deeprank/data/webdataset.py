@@ -8,7 +8,7 @@ never held in memory. Only uncompressed tar (what WebDataset writes) can be read
 Hostile or broken shards: a sample with no image, no ``.cls`` or an unreadable label, a member that
 is not a regular file, or an image member larger than :data:`~deeprank.data.records.MAX_MEMBER_BYTES`
 is skipped with a warning and listed in ``Records.skipped``; a shard truncated mid-way keeps the
-samples listed before the cut (the cut is one more skip); image bytes cut short or not an image fail
+samples listed before the cut (the sample cut is one more skip); image bytes not an image fail
 in the one decode path when read (:class:`~deeprank.data.images.UnreadableImage`, counted by training).
 """
 
@@ -67,12 +67,23 @@ def _read_member(path: Path, offset: int, size: int, name: str) -> bytes:
     return data
 
 
+def _has_data_after(path: Path, offset: int) -> bool:
+    """Whether anything but the zero blocks of a tar's end follows ``offset`` (a cut header does)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while block := f.read(1 << 16):
+            if block.strip(b"\0"):
+                return True
+    return False
+
+
 def _list_shard(path: Path, samples: dict, skipped: list[tuple[str, str]]) -> None:
     """Add the members of one shard to ``samples``: key -> {"image": (offset, size, name), "cls": text}."""
     try:  # uncompressed only: members are read at their offsets
         tar = tarfile.open(path, mode="r:")  # noqa: SIM115 - closed by the with below
     except (tarfile.TarError, OSError) as exc:
         raise ValueError(f"{path} is not an uncompressed tar file (a WebDataset shard): {exc}") from None
+    length = path.stat().st_size
     with tar:
         while True:
             try:
@@ -80,7 +91,9 @@ def _list_shard(path: Path, samples: dict, skipped: list[tuple[str, str]]) -> No
             except (tarfile.TarError, OSError, EOFError) as exc:
                 _skip(skipped, str(path), f"shard cut short or corrupt after {len(samples)} samples ({exc})")
                 return
-            if member is None:
+            if member is None:  # the end, or a header cut short (tarfile stops quietly at either)
+                if tar.offset >= length or _has_data_after(path, tar.offset):  # no end blocks: cut
+                    _skip(skipped, str(path), f"shard cut short or corrupt after {len(samples)} samples")
                 return
             name = f"{path.name}/{member.name}"
             key, ext = _split_key(member.name)
@@ -89,6 +102,9 @@ def _list_shard(path: Path, samples: dict, skipped: list[tuple[str, str]]) -> No
                     _skip(skipped, name, "not a regular file member")
                 continue
             sample = samples.setdefault((str(path), key), {})
+            if member.offset_data + member.size > length:  # tarfile ends quietly at a cut header
+                sample["bad"] = f"shard cut short inside {member.name}"
+                continue
             if ext == "cls":
                 try:
                     if member.size > MAX_LABEL_BYTES:
