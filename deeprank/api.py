@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["embed", "evaluate", "model_on", "train"]
+__all__ = ["build_index", "embed", "evaluate", "model_on", "train"]
 
 
 def train(data: str | None = None, *, progress: bool = True, config: Any = None, **settings: Any) -> Path:
@@ -56,6 +56,40 @@ def model_on(model: Any, device: str | None = None) -> Any:
     return loaded if target is None else loaded.to(target)
 
 
+def build_index(
+    model: Any,
+    source: str | os.PathLike,
+    *,
+    device: str | None = None,
+    batch_size: int = 256,
+    workers: int | None = None,
+    progress: bool = False,
+    image_column: str = "image",
+) -> Any:
+    """An :class:`~deeprank.index.Index` of ``source``: an image folder (:meth:`Index.build`, ids the
+    relative paths), ``hf:PATH`` (its ``image_column``; ids ``NAME[row]``) or WebDataset ``.tar``
+    shards (ids ``SHARD/MEMBER``). Unreadable images are skipped and listed in ``index.skipped``."""
+    from .data.records import is_records_spec, open_records
+    from .index import Index
+
+    net = model_on(model, device)
+    if not is_records_spec(os.fspath(source)):
+        return Index.build(net, source, batch_size=batch_size, progress=progress, workers=workers)
+    from .embedding.records import embed_records
+    from .errors import EmptyCollectionError
+
+    records = open_records(os.fspath(source), image_column=image_column, label_column=None)
+    result = embed_records(net, records, batch_size=batch_size, progress=progress)
+    if len(result.kept) == 0:
+        raise EmptyCollectionError(f"none of the {len(records)} images in {source} could be read")
+    checkpoint = getattr(net, "checkpoint_dir", None)
+    index = Index(
+        result.embeddings, [records.names[i] for i in result.kept], model=net, checkpoint=checkpoint
+    )
+    index.skipped = records.skipped + result.skipped
+    return index
+
+
 def embed(
     model: Any,
     folder: str | os.PathLike,
@@ -66,16 +100,22 @@ def embed(
     batch_size: int = 256,
     workers: int | None = None,
     progress: bool = False,
+    image_column: str = "image",
 ) -> Any:
-    """Embed every image under ``folder`` (``deeprank embed``) with ``model`` (a model or checkpoint).
+    """Embed every image of ``folder`` (``deeprank embed``) with ``model`` (a model or checkpoint):
+    an image folder, ``hf:PATH`` or WebDataset shards (:func:`build_index`).
 
     Returns the :class:`~deeprank.index.Index` (``.embeddings`` float32 ``[n, d]``, ``.ids``, ``.paths``,
     ``.skipped``); with ``output``, also exports it there as ``format`` (``npy``, ``faiss``, ``parquet``).
     """
-    from .index import Index
-
-    index = Index.build(
-        model_on(model, device), folder, batch_size=batch_size, progress=progress, workers=workers
+    index = build_index(
+        model,
+        folder,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        image_column=image_column,
     )
     if output is not None:
         index.export(output, format=format)

@@ -152,17 +152,21 @@ def _index_on(path: str, model: str | None, device: str, *, verify: bool = True)
 
 
 def _build_index(args: argparse.Namespace) -> Index:
-    """Embed ``args.folder`` with ``args.model`` (shared by ``embed`` and ``index``)."""
-    from .index import Index
+    """Embed ``args.folder`` (or ``hf:PATH``, ``.tar`` shards) with ``args.model`` (``embed``, ``index``)."""
+    from .api import build_index
+    from .data.records import is_records_spec
 
-    _existing_dir(args.folder, "image folder")
+    if not is_records_spec(args.folder):
+        _existing_dir(args.folder, "image folder")
     _writable_output(args.output, "output folder", folder=True)
-    index = Index.build(
-        _model_on(args.model, args.device),
+    index = build_index(
+        args.model,
         args.folder,
+        device=args.device,
         batch_size=args.batch_size,
         progress=not args.no_progress,
         workers=args.workers,
+        image_column=args.image_column,
     )
     _report_skipped(index.skipped)
     return index
@@ -465,6 +469,14 @@ def build_parser() -> argparse.ArgumentParser:
             help="trained model (checkpoint directory)",
         )
 
+    def source_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "folder",
+            help="image folder (searched recursively), hf:PATH (a saved Hugging Face dataset, .arrow or "
+            ".parquet) or WebDataset .tar shard(s)",
+        )
+        p.add_argument("--image-column", default="image", help="image column of hf:PATH data (image)")
+
     def device_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--device",
@@ -496,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
         "exported to OUTPUT/FORMAT/.",
     )
     model_arg(p)
-    p.add_argument("folder", help="image folder (searched recursively)")
+    source_args(p)
     p.add_argument("--output", "-o", required=True, help="output folder")
     p.add_argument(
         "--format",
@@ -530,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Embed every image under FOLDER and save an index directory (see deeprank.index).",
     )
     model_arg(p)
-    p.add_argument("folder", help="image folder (searched recursively)")
+    source_args(p)
     p.add_argument("--output", "-o", required=True, help="index directory to write")
     p.add_argument("--include-model", action="store_true", help="copy the model into the index directory")
     p.add_argument(

@@ -102,11 +102,13 @@ def is_records_spec(data: str) -> bool:
 
 def open_records(data: str, *, image_column: str = "image", label_column: str | None = "label") -> Records:
     """The records of ``hf:PATH`` (:func:`deeprank.data.hf.open_hf`) or WebDataset ``.tar`` shards
-    (:func:`deeprank.data.webdataset.open_shards`; a glob such as ``shards/train-*.tar`` for several)."""
+    (:func:`deeprank.data.webdataset.open_shards`; a glob such as ``shards/train-*.tar`` for several).
+
+    ``label_column=None``: labels are not needed (embedding); each record is then its own class."""
     if data.startswith("hf:"):
         from .hf import open_hf
 
         return open_hf(data[3:], image_column=image_column, label_column=label_column)
     from .webdataset import open_shards
 
-    return open_shards(data)
+    return open_shards(data, labelled=label_column is not None)

@@ -117,8 +117,9 @@ def _list_shard(path: Path, samples: dict, skipped: list[tuple[str, str]]) -> No
                 sample["image"] = (member.offset_data, member.size, name)
 
 
-def open_shards(spec: str) -> Records:
-    """The labelled samples of the WebDataset shard(s) ``spec`` (module docstring)."""
+def open_shards(spec: str, *, labelled: bool = True) -> Records:
+    """The labelled samples of the WebDataset shard(s) ``spec`` (module docstring); with
+    ``labelled=False`` (embedding) samples need no ``.cls`` (their label is then their key)."""
     paths = shard_paths(spec)
     samples: dict[tuple[str, str], dict] = {}
     skipped: list[tuple[str, str]] = []
@@ -131,13 +132,15 @@ def open_shards(spec: str) -> Records:
             _skip(skipped, label, sample["bad"])
         elif "image" not in sample:
             _skip(skipped, label, "no image member")
-        elif not sample.get("cls"):
+        elif labelled and not sample.get("cls"):
             _skip(skipped, label, "no .cls label")
         else:
             entries.append((Path(shard), *sample["image"]))
-            values.append(sample["cls"])
+            values.append(sample.get("cls") or label)
     if not entries:
-        raise ValueError(f"{spec} holds no labelled samples (KEY.jpg + KEY.cls members)")
+        raise ValueError(
+            f"{spec} holds no {'labelled ' if labelled else ''}samples (KEY.jpg + KEY.cls members)"
+        )
     labels, classes = class_codes(values)
 
     def read(i: int) -> bytes:
