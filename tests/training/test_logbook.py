@@ -1,6 +1,9 @@
 """RUN/log.jsonl (deeprank.training.logbook): every step logged, appended on resume without repeats."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -85,3 +88,18 @@ def test_cli_train_prints_where_the_log_is(capsys, tmp_path):
     out = capsys.readouterr().out
     assert code == 0 and f"log: {tmp_path / 'r' / 'log.jsonl'}" in out
     assert len(read_log(tmp_path / "r")) == 2
+
+
+def test_without_tensorboard_the_error_names_the_extra(tmp_path):
+    # A fresh interpreter where the package cannot be imported (as where it is not installed).
+    code = (
+        "import sys; sys.modules['tensorboard'] = None\n"
+        "from deeprank import cli\n"
+        f"sys.exit(cli.main(['train', '-o', {str(tmp_path / 'r')!r}, '--max-steps', '1', '--batch-size', '4',"
+        " '--device', 'cpu', '--no-progress', '--tensorboard']))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 2, out.stderr
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and "pip install 'deeprank[tensorboard]'" in err[0]
