@@ -7,12 +7,28 @@ In a distributed run only the main process (``trainer.is_main``, where the train
 
 from __future__ import annotations
 
+import contextlib
+import json
+from pathlib import Path
 from typing import Any
 
+from ..models.checkpoint import CONFIG_FILE
 from .logbook import Logbook
-from .validation import SCORE, Validator
+from .validation import BEST_DIR, SCORE, Validator
 
 __all__ = ["RunMonitor"]
+
+
+def _best_so_far(log: Logbook, trainer: Any) -> float | None:
+    """The score to beat: the best validation kept in the log, or of the model in ``RUN/best`` when a
+    resumed run's last session saved it after its last checkpoint (its log line is dropped)."""
+    scores = [log.best(SCORE)]
+    best = Path(trainer.config.output) / BEST_DIR / CONFIG_FILE
+    if trainer.counters.step > 0 and best.is_file():  # resumed: RUN/best is this run's
+        with contextlib.suppress(ValueError, KeyError, TypeError):  # unreadable: the log's best stands
+            scores.append(json.loads(best.read_text())["validation"][SCORE])
+    found = [s for s in scores if isinstance(s, (int, float))]
+    return max(found) if found else None
 
 
 class RunMonitor:
@@ -27,7 +43,7 @@ class RunMonitor:
         config = trainer.config
         self.log = Logbook(config.output, trainer.counters.step, tensorboard=config.tensorboard)
         if config.val_every:
-            self.validator = Validator(trainer, self.log.best(SCORE))
+            self.validator = Validator(trainer, _best_so_far(self.log, trainer))
 
     def after_step(self, stats: Any, rate: float, elapsed: float) -> None:
         """Log the step just taken (and validate when due)."""

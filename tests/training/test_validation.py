@@ -1,5 +1,7 @@
 """Periodic validation (deeprank.training.validation): held-out split, metrics, best checkpoint."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -91,3 +93,18 @@ def test_val_fraction_needs_labelled_data(small, image_folder):
     root = image_folder(corrupt=False)
     with pytest.raises(ValueError, match="needs labelled images"):
         Trainer(small(data=str(root / "c0"), data_kind="unlabelled", val_fraction=0.2))
+
+
+def test_a_resumed_run_beats_the_best_model_kept_not_only_the_log(small):
+    out = train(small(max_steps=6, stop_at_step=2, val_every=2, val_fraction=0.05), progress=False)
+    # As if the first session had validated once more after its checkpoint and kept a better model.
+    info = json.loads((out / "best" / "config.json").read_text())
+    info["validation"]["precision_at_1"] = 1.0
+    (out / "best" / "config.json").write_text(json.dumps(info))
+    # ... and the log's own best is the lowest score, so any later validation would beat it alone.
+    lines = [{**r, "precision_at_1": 0.0} if r["event"] == "val" else r for r in read_log(out)]
+    (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    train(small(max_steps=6, resume=True, val_every=2, val_fraction=0.05), progress=False)
+    val = [r for r in read_log(out) if r["event"] == "val"]
+    assert [r["step"] for r in val] == [2, 4, 6] and not any(r["best"] for r in val[1:])
+    assert json.loads((out / "best" / "config.json").read_text())["validation"]["precision_at_1"] == 1.0
