@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,9 @@ class Logbook:
         # Rewritten atomically: a crash here leaves the old log whole, never a cut one.
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.records_before = kept
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        # A run ended by an exception never calls close(): the descriptor goes with the object.
+        self._finalizer = weakref.finalize(self, os.close, self._fd)
         self._tb = _tensorboard_writer(self.run / TENSORBOARD_DIR) if tensorboard else None
 
     def best(self, key: str) -> float | None:
@@ -134,7 +137,7 @@ class Logbook:
         if self._fd is None:
             return
         self.sync()
-        os.close(self._fd)
+        self._finalizer()  # closes the descriptor, once
         self._fd = None
         if self._tb is not None:
             self._tb.close()
