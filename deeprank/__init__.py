@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from . import nn
 from ._build import build_info, get_num_threads, set_num_threads
+from ._version import __version__
 from .index import FlatIndex, Index
 from .ops import lrn, topk, triplet_loss
 
@@ -32,9 +33,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'deeprank' has no attribute {name!r}")
 
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "FlatIndex",
     "TrainConfig",
     "Index",

@@ -208,7 +208,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def _embed_with_ray(args: argparse.Namespace) -> int:
     """``embed --engine ray``: a resumable sharded run in OUTPUT; other formats exported beside it."""
-    from .embedding.shards import DEFAULT_SHARD_SIZE, embed_to_shards
+    from .embedding.sharded_run import embed_to_shards
+    from .embedding.shards import DEFAULT_SHARD_SIZE
 
     _existing_dir(args.folder, "image folder")
     if args.workers is not None:

@@ -96,6 +96,7 @@ def _train_model(
         batch_size=batch_size,
         warmup_steps=20,  # a few hundred steps in all: a long warm-up would eat the budget
         checkpoint_every=0,  # one checkpoint at the end: the demo never resumes
+        overwrite=True,  # a rerun of the demo retrains into its own folder
         seed=seed,
         device=device,
     )

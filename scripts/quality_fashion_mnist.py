@@ -252,6 +252,7 @@ def main() -> None:
             seed=args.seed,
             threads=args.threads,
             checkpoint_every=0,
+            overwrite=True,  # a rerun of the script retrains into the same work folder
             buffer_capacity=2000,
             model_options={"mean": [0.2860], "std": [0.3530]},
         )

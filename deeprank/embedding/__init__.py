@@ -15,7 +15,8 @@ from .embed import (
 )
 from .parquet import write_parquet
 from .queries import EmbeddingSet, image_sources, query_vectors
-from .shards import ShardRun, embed_to_shards
+from .sharded_run import embed_to_shards
+from .shards import ShardRun
 
 __all__ = [
     "EmbedResult",

@@ -3,9 +3,10 @@
 For collections too large to embed in one go (or on one machine): the sorted file list is cut into
 shards of ``shard_size`` files; each shard's embeddings are written as soon as it is done, so a
 killed run loses at most the shards in flight, and a rerun skips the finished ones.
-:func:`embed_to_shards` runs it in this process (``engine="local"``, decoding in worker processes)
-or on a Ray cluster (``engine="ray"``, :mod:`deeprank.embedding.ray_engine`); both write the same
-files, through :class:`ShardWriter`. ``deeprank.Index.load(folder)`` searches the shards in place
+:func:`deeprank.embedding.sharded_run.embed_to_shards` runs it in this process (``engine="local"``,
+decoding in worker processes) or on a Ray cluster (``engine="ray"``, :mod:`deeprank.embedding.ray_engine`);
+both write the same files, through :class:`ShardWriter` (this module: the format, its writer and
+reader). ``deeprank.Index.load(folder)`` searches the shards in place
 (:mod:`deeprank.index.shards`), without copying them into one array.
 
 Layout (format ``deeprank-shards``, version 1)::
@@ -38,11 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._version import __version__
 from ..errors import DeeprankError, IndexFormatError
 from ..io import atomic_path, sha256_file, write_json_atomic
-from ..models.checkpoint import config_hash, resolve_model
-from ..progress import Progress
-from .embed import embed_images, list_folder, model_geometry
+from ..models.checkpoint import config_hash
+from .embed import model_geometry
 
 __all__ = [
     "FORMAT_NAME",
@@ -50,7 +51,6 @@ __all__ = [
     "ShardRun",
     "ShardSet",
     "ShardWriter",
-    "embed_to_shards",
     "is_shard_set",
     "read_shard_set",
 ]
@@ -59,7 +59,6 @@ FORMAT_NAME = "deeprank-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DEFAULT_SHARD_SIZE = 16384
-ENGINES = ("local", "ray")
 
 
 def shard_name(i: int) -> str:
@@ -175,7 +174,6 @@ class ShardWriter:
         self._write_manifest()
 
     def _write_manifest(self) -> None:
-        from .. import __version__  # the package imports this module: read the version late
 
         created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         write_json_atomic(
@@ -289,76 +287,3 @@ def read_shard_set(
             f"(first: {shard_name(missing[0])}); run the same embed command again to finish it"
         )
     return ShardSet(root, manifest, arrays, metas, skipped)
-
-
-def _embed_local(
-    writer: ShardWriter, model: torch.nn.Module, batch_size: int, workers: int | None, progress: bool
-) -> None:
-    bar = Progress("embedding", sum(len(writer.shard_files(i)) for i in writer.pending), enabled=progress)
-    for i in writer.pending:
-        files = writer.shard_files(i)
-        res = embed_images(model, files, batch_size=batch_size, workers=workers)
-        writer.write(i, res.embeddings, res.kept.tolist(), res.skipped)
-        bar.advance(len(files))
-
-
-def embed_to_shards(
-    model: torch.nn.Module | str | os.PathLike,
-    folder: str | os.PathLike,
-    output: str | os.PathLike,
-    *,
-    engine: str = "local",
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    batch_size: int = 256,
-    workers: int | None = None,
-    address: str | None = None,
-    actors: int | None = None,
-    gpus_per_actor: float = 0.0,
-    recursive: bool = True,
-    progress: bool = True,
-) -> ShardRun:
-    """Embed every image under ``folder`` into a resumable run folder ``output`` (module docstring).
-
-    Args:
-        model: a model or a checkpoint directory (Ray actors get a copy of the model).
-        engine: ``"local"`` (this process, ``workers`` decode processes) or ``"ray"`` (needs
-            ``pip install "deeprank[ray]"``; connects to ``address``, e.g. ``"auto"``, or uses the
-            running Ray instance, or starts a local one).
-        shard_size: files per shard; a rerun must use the same value.
-        actors: Ray embedding actors (default: as many as the cluster's CPUs allow, or its GPUs
-            with ``gpus_per_actor > 0``); ``gpus_per_actor``: GPUs each actor holds (0: CPU actors).
-
-    Returns a :class:`ShardRun`; unreadable files are skipped and listed in ``ShardRun.skipped``.
-    A rerun into the same ``output`` skips the shards already written.
-    """
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    model, checkpoint = resolve_model(model)
-    root = Path(folder).resolve()  # both engines read (and report) the same absolute paths
-    files = list_folder(root, recursive)
-    writer = ShardWriter(output, root, files, model, checkpoint, shard_size)
-    pending = list(writer.pending)
-    if engine == "local":
-        _embed_local(writer, model, batch_size, workers, progress)
-    else:
-        from .ray_engine import embed_with_ray
-
-        embed_with_ray(
-            writer,
-            model,
-            batch_size=batch_size,
-            address=address,
-            actors=actors,
-            gpus_per_actor=gpus_per_actor,
-            progress=progress,
-        )
-    embedded, skipped = writer.finish()
-    return ShardRun(
-        output=Path(output),
-        dim=writer.dim,
-        shards=writer.shards,
-        written=len(pending),
-        resumed=writer.shards - len(pending),
-        embedded=embedded,
-        skipped=skipped,
-    )

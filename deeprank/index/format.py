@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .._version import __version__
 from ..errors import DeeprankError, IndexFormatError
 from ..io import exclusive_lock, fsync_dir, fsync_tree, sha256_file, write_bytes_atomic, write_text_atomic
 
@@ -109,7 +110,6 @@ def new_manifest(
 
     ``approximate``: the manifest entry of the approximate backend (``{"backend": NAME, ...}``).
     """
-    from .. import __version__  # the package imports this module: read the version late
 
     model = None
     if config_hash is not None or checkpoint is not None or weights_hash is not None:
@@ -258,19 +258,25 @@ def _current_directory(target: Path) -> str | None:
 # ---------------------------------------------------------------------------------------- reading
 
 
-def _parse_pointer(root: Path, data: bytes) -> dict[str, Any]:
-    path = root / POINTER
+def _json_document(root: Path, path: Path, data: bytes, what: str, version: int) -> dict[str, Any]:
+    """``data`` parsed as a JSON object of this format (``what`` names it) and ``version``."""
     try:
-        pointer = json.loads(data.decode("utf-8"))
+        doc = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IndexFormatError(f"{path} is corrupt: {exc}") from None
-    if not isinstance(pointer, dict) or pointer.get("format") != FORMAT_NAME:
-        raise IndexFormatError(f"{path} is not a deeprank index pointer")
-    if pointer.get("version") != FORMAT_VERSION:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+        raise IndexFormatError(f"{path} is not a deeprank index {what}")
+    if doc.get("version") != version:
         raise IndexFormatError(
-            f"{root} has index format version {pointer.get('version')}; "
+            f"{root} has index format version {doc.get('version')}; "
             f"this deeprank reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
+    return doc
+
+
+def _parse_pointer(root: Path, data: bytes) -> dict[str, Any]:
+    path = root / POINTER
+    pointer = _json_document(root, path, data, "pointer", FORMAT_VERSION)
     directory, digest = pointer.get("directory"), pointer.get("manifest_sha256")
     if (
         set(pointer) != {"format", "version", "directory", "manifest_sha256"}
@@ -287,17 +293,7 @@ def _parse_pointer(root: Path, data: bytes) -> dict[str, Any]:
 
 def _parse_manifest(root: Path, data: bytes, version: int) -> dict[str, Any]:
     path = root / MANIFEST
-    try:
-        manifest = json.loads(data.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexFormatError(f"{path} is corrupt: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise IndexFormatError(f"{path} is not a deeprank index manifest")
-    if manifest.get("version") != version:
-        raise IndexFormatError(
-            f"{root} has index format version {manifest.get('version')}; "
-            f"this deeprank reads versions {', '.join(map(str, READABLE_VERSIONS))}"
-        )
+    manifest = _json_document(root, path, data, "manifest", version)
     try:
         manifest["dim"], manifest["count"] = int(manifest["dim"]), int(manifest["count"])
         manifest["files"] = dict(manifest["files"])

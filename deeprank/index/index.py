@@ -598,6 +598,24 @@ class Index:
         return names
 
     @classmethod
+    def _from_shard_set(cls, root: Path, verify: bool) -> Index:
+        """An index over a sharded embedding run, its vectors searched in place."""
+        parts = open_shard_set(root, verify=verify)
+        try:
+            index = cls(
+                parts.backend,
+                parts.ids,
+                parts.paths,
+                checkpoint=parts.model.get("checkpoint"),
+                model_hash=parts.model.get("config_hash"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise IndexFormatError(f"{root}'s shard ids do not match their embeddings: {exc}") from None
+        index.model_config = parts.model.get("config")
+        index.skipped = parts.skipped
+        return index
+
+    @classmethod
     def load(
         cls,
         path: str | os.PathLike,
@@ -619,7 +637,7 @@ class Index:
         """
         root = Path(path)
         if is_shard_set(root):
-            return open_shard_set(cls, root, verify=verify)._use_model(model)
+            return cls._from_shard_set(root, verify)._use_model(model)
         index = read_index(root, lambda folder, manifest: cls._open(folder, manifest, mmap), verify=verify)
         return index._use_model(model)
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -29,10 +30,7 @@ from .flat import FlatIndex
 from .format import EMBEDDINGS, KEYS
 from .keys import RowKeys, as_keys
 
-if TYPE_CHECKING:
-    from .index import Index
-
-__all__ = ["ShardedFlatIndex", "ShardedVectors", "open_shard_set"]
+__all__ = ["OpenedShardSet", "ShardedFlatIndex", "ShardedVectors", "open_shard_set"]
 
 
 class ShardedVectors:
@@ -235,9 +233,21 @@ def _load_npy(path: Path, mmap: bool) -> np.ndarray:
     return x
 
 
-def open_shard_set(index_cls: type[Index], root: str | os.PathLike, *, verify: bool = True) -> Index:
-    """An ``Index`` over the run folder ``root``: ids, paths and skipped files from its shards, the
-    model facts from its manifest, the vectors searched in place (:class:`ShardedFlatIndex`)."""
+@dataclass(frozen=True)
+class OpenedShardSet:
+    """What an ``Index`` is made of, read from a sharded run folder (see :func:`open_shard_set`)."""
+
+    backend: ShardedFlatIndex
+    ids: list[str]
+    paths: list[str]
+    skipped: list[Any]
+    model: dict[str, Any]  # the manifest's model facts: checkpoint, config_hash, config
+
+
+def open_shard_set(root: str | os.PathLike, *, verify: bool = True) -> OpenedShardSet:
+    """The parts of an index over the run folder ``root``: ids, paths and skipped files from its
+    shards, the model facts from its manifest, the vectors searched in place
+    (:class:`ShardedFlatIndex`). ``Index.load`` assembles them."""
     shard_set = read_shard_set(root, verify=verify)
     if not shard_set.arrays:
         raise IndexFormatError(f"{root} holds no embeddings: every file of the run was unreadable")
@@ -252,13 +262,5 @@ def open_shard_set(index_cls: type[Index], root: str | os.PathLike, *, verify: b
             raise IndexFormatError(f"{path} holds {len(part)} rows; its shard lists {len(meta['ids'])} ids")
     ids = [i for m in shard_set.metas for i in m["ids"]]
     paths = [p for m in shard_set.metas for p in m["paths"]]
-    info = shard_set.manifest.get("model") or {}
-    try:
-        index = index_cls(
-            exact, ids, paths, checkpoint=info.get("checkpoint"), model_hash=info.get("config_hash")
-        )
-    except (TypeError, ValueError) as exc:
-        raise IndexFormatError(f"{root}'s shard ids do not match their embeddings: {exc}") from None
-    index.model_config = info.get("config")
-    index.skipped = shard_set.skipped
-    return index
+    model = dict(shard_set.manifest.get("model") or {})
+    return OpenedShardSet(exact, ids, paths, list(shard_set.skipped), model)

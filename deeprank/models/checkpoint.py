@@ -2,20 +2,25 @@
 
 A checkpoint is a directory::
 
-    model.safetensors   the network's state dict (weights and buffers)
-    config.json         {"format": "deeprank-checkpoint", "version": 1, "model": <model.config>, ...}
-    train_state.pt      optional: optimizer, RNG states, step counters, sampler state (for --resume)
+    model.safetensors        the network's state dict (weights and buffers)
+    config.json              {"format": "deeprank-checkpoint", "version": 1, "model": <model.config>, ...}
+    train_state.safetensors  optional, for --resume: optimizer, RNG states, counters, sampler state,
+                             the training settings and its own copy of the weights
+
+Nothing here is unpickled: the training state is one safetensors file whose tensors are raw data and
+whose other entries are JSON in its header (:mod:`deeprank.models.tensor_tree`). A ``train_state.pt``
+of an older deeprank (a pickle) is refused, never opened.
 
 Each file is written atomically (:mod:`deeprank.io`), so a crash leaves either the old file or the new
-one, never half a file. The weights
-and training state are written before ``config.json``, and ``config.json`` records the step they
-belong to, so a reader can tell whether the three agree.
+one, never half a file. The weights, then the training state, then ``config.json`` are written;
+``config.json`` records the step they belong to. A kill between two of them can leave files of two
+consecutive saves side by side, each whole: the weights and ``config.json`` always load, and the
+training state, which carries the weights it belongs to, is by itself a consistent point to resume.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections.abc import Mapping
@@ -25,15 +30,19 @@ from typing import Any
 import torch
 
 from ..io import sha256_file, write_bytes_atomic
+from .tensor_tree import tree_from_bytes, tree_to_bytes
 
 __all__ = [
     "CONFIG_FILE",
     "FORMAT",
+    "LEGACY_STATE_FILE",
     "STATE_FILE",
+    "STATE_FORMAT",
     "WEIGHTS_FILE",
     "config_hash",
     "load_config",
     "load_model",
+    "load_state_model",
     "load_train_state",
     "resolve_model",
     "save_checkpoint",
@@ -44,7 +53,10 @@ FORMAT = "deeprank-checkpoint"
 VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-STATE_FILE = "train_state.pt"
+STATE_FILE = "train_state.safetensors"
+STATE_FORMAT = "deeprank-train-state"
+#: the pickled training state of deeprank before 0.x: refused on resume, never unpickled
+LEGACY_STATE_FILE = "train_state.pt"
 
 
 def _arch(config: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -82,8 +94,9 @@ def save_checkpoint(
         model: its ``state_dict`` goes to ``model.safetensors`` and its ``config`` to
             ``config.json["model"]``.
         config: extra JSON-able entries for ``config.json`` (e.g. ``"train"`` settings, ``"progress"``).
-        state: optional training state (optimizer state dict, RNG states, counters, sampler state),
-            saved with ``torch.save`` to ``train_state.pt`` for ``--resume``.
+        state: optional training state (optimizer state dict, RNG states, counters, sampler state:
+            dicts, lists, tuples, numbers, strings, tensors, numpy arrays), saved with a copy of the
+            weights and the model config to ``train_state.safetensors`` for ``--resume``.
 
     Returns the directory.
     """
@@ -97,9 +110,10 @@ def save_checkpoint(
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     write_bytes_atomic(directory / WEIGHTS_FILE, save_safetensors(tensors))
     if state is not None:
-        buffer = io.BytesIO()
-        torch.save(dict(state), buffer)
-        write_bytes_atomic(directory / STATE_FILE, buffer.getvalue())
+        # The state carries the weights it belongs to, so the one file --resume reads is consistent
+        # by itself whatever a kill between this save's files left (see the module docstring).
+        tree = {**dict(state), "format": STATE_FORMAT, "model": dict(model_config), "weights": tensors}
+        write_bytes_atomic(directory / STATE_FILE, tree_to_bytes(tree))
     payload: dict[str, Any] = {"format": FORMAT, "version": VERSION}
     payload.update(dict(config or {}))
     payload["model"] = dict(model_config)
@@ -165,12 +179,41 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def load_train_state(directory: str | Path) -> dict[str, Any] | None:
-    """The training state saved with a checkpoint, or ``None`` if it has none."""
-    path = Path(directory) / STATE_FILE
+    """The training state saved with a checkpoint, or ``None`` if it has none.
+
+    The dict given to ``save_checkpoint(state=...)`` plus ``"model"`` (the model config) and
+    ``"weights"`` (the state dict it belongs to). A truncated or foreign file raises ``ValueError``;
+    so does a pickled ``train_state.pt`` of an older deeprank, which is never opened.
+    """
+    directory = Path(directory)
+    path = directory / STATE_FILE
     if not path.is_file():
+        legacy = directory / LEGACY_STATE_FILE
+        if legacy.exists():
+            raise ValueError(
+                f"{legacy} is a pickled training state (an older deeprank's format); deeprank does not "
+                "unpickle files, since that can run code from them: resume with the deeprank that wrote "
+                "it, or start a new run with --overwrite"
+            )
         return None
-    # The state holds RNG byte tensors, numpy/python RNG states and plain containers.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    state = tree_from_bytes(path.read_bytes(), str(path))
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a deeprank training state (format {STATE_FORMAT!r} expected)")
+    if not isinstance(state.get("weights"), dict) or not isinstance(state.get("model"), dict):
+        raise ValueError(f"{path} is not a deeprank training state (its weights or model config are missing)")
+    return state
+
+
+def load_state_model(state: Mapping[str, Any], path: str | Path) -> Any:
+    """The model of a :func:`load_train_state` state (eval mode, CPU); ``path`` names it in errors."""
+    from .multiscale import build_model
+
+    try:
+        model = build_model(state["model"])
+        model.load_state_dict(state["weights"], strict=True)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: its weights do not fit its model config: {exc}") from None
+    return model.eval()
 
 
 def resolve_model(

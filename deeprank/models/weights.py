@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,11 +17,24 @@ def read_state_dict(source: str | Path | Mapping[str, torch.Tensor]) -> dict[str
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"weight file not found: {path}")
+    # A file that is not a weight file (an image, a truncated download, a pickle of other objects)
+    # is one clear error, not the loader's traceback.
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ValueError(f"{path} is not a readable safetensors weight file: {exc}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
+        # torch's own message advises weights_only=False, which would run code from the file: not shown
+        raise ValueError(
+            f"{path} is not a weight file (a .safetensors file or a torch state dict of plain tensors "
+            "expected)"
+        ) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):

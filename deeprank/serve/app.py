@@ -12,6 +12,7 @@ import json
 import os
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
@@ -22,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from .._version import __version__
 from ..data.images import max_image_pixels
 from ..index import Index
 from .service import SearchService, image_url, short_id
@@ -166,16 +168,8 @@ def create_app(
         verify: check the index checksums on load.
     """
     max_pixels = max_image_pixels() if max_pixels is None else max_pixels
-    for name, value in (
-        ("max_upload_bytes", max_upload_bytes),
-        ("max_pixels", max_pixels),
-        ("max_k", max_k),
-        ("body_timeout_s", body_timeout_s),
-    ):
-        if not value > 0:
-            raise ValueError(f"{name} must be positive, got {value}")
-    if not 1 <= default_k <= max_k:
-        raise ValueError(f"default_k must be between 1 and max_k={max_k}, got {default_k}")
+    limits = _Limits(int(max_upload_bytes), int(max_k), int(default_k), bool(expose_paths))
+    _check_limits(limits, max_pixels, body_timeout_s)
     if not isinstance(index, Index):
         index = Index.load(index, model=model, verify=verify)
     elif model is not None:
@@ -188,9 +182,38 @@ def create_app(
         formats=formats,
         approximate=approximate,
     )
-    decode_slots = asyncio.Semaphore(max(1, int(max_concurrent_decodes)))
-    page_html = _read_static("index.html")
-    static = {name: _read_static(name) for name in _STATIC}
+    app = _new_app(service, limits, body_timeout_s)
+    _add_page_routes(app)
+    _add_info_routes(app, index, service, limits)
+    _add_search_route(app, index, service, limits, asyncio.Semaphore(max(1, int(max_concurrent_decodes))))
+    return app
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """What one request may ask for or send, and what an answer shows."""
+
+    max_upload_bytes: int
+    max_k: int
+    default_k: int
+    expose_paths: bool
+
+
+def _check_limits(limits: _Limits, max_pixels: int, body_timeout_s: float) -> None:
+    for name, value in (
+        ("max_upload_bytes", limits.max_upload_bytes),
+        ("max_pixels", max_pixels),
+        ("max_k", limits.max_k),
+        ("body_timeout_s", body_timeout_s),
+    ):
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if not 1 <= limits.default_k <= limits.max_k:
+        raise ValueError(f"default_k must be between 1 and max_k={limits.max_k}, got {limits.default_k}")
+
+
+def _new_app(service: SearchService, limits: _Limits, body_timeout_s: float) -> FastAPI:
+    """The bare app: lifespan (closes the service), body limits, and one-sentence error bodies."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -210,7 +233,7 @@ def create_app(
     )
     app.state.service = service
     app.add_middleware(
-        BodyLimitMiddleware, limit=int(max_upload_bytes) + _MULTIPART_OVERHEAD, timeout_s=body_timeout_s
+        BodyLimitMiddleware, limit=limits.max_upload_bytes + _MULTIPART_OVERHEAD, timeout_s=body_timeout_s
     )
 
     @app.exception_handler(RequestValidationError)
@@ -226,6 +249,14 @@ def create_app(
     async def _upload_error(_: Request, exc: UploadError) -> JSONResponse:
         return JSONAnswer({"detail": exc.message}, status_code=exc.status)
 
+    return app
+
+
+def _add_page_routes(app: FastAPI) -> None:
+    """The search page and its fixed set of static files."""
+    page_html = _read_static("index.html")
+    static = {name: _read_static(name) for name in _STATIC}
+
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
         return Response(page_html, media_type="text/html; charset=utf-8", headers=_page_headers())
@@ -235,6 +266,10 @@ def create_app(
         if name not in static:  # a fixed set of files: nothing from the request reaches the filesystem
             raise HTTPException(404, "no such file")
         return Response(static[name], media_type=_STATIC[name], headers=_page_headers())
+
+
+def _add_info_routes(app: FastAPI, index: Index, service: SearchService, limits: _Limits) -> None:
+    """``/health``, ``/items`` and ``/images``: facts, ids and collection images by id."""
 
     @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
@@ -247,9 +282,9 @@ def create_app(
             "model_hash": index.model_hash,
             "approximate": service.approximate,
             "backend": service.backend,
-            "max_k": max_k,
-            "default_k": min(default_k, len(index)),
-            "max_upload_bytes": int(max_upload_bytes),
+            "max_k": limits.max_k,
+            "default_k": min(limits.default_k, len(index)),
+            "max_upload_bytes": limits.max_upload_bytes,
             "stats": service.stats(),
         }
 
@@ -281,9 +316,15 @@ def create_app(
             headers={"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"},
         )
 
+
+def _add_search_route(
+    app: FastAPI, index: Index, service: SearchService, limits: _Limits, decode_slots: asyncio.Semaphore
+) -> None:
+    """``POST /search``: by uploaded image (decoded in at most ``decode_slots`` at once) or by id."""
+
     @app.post(
         "/search",
-        response_model=SearchResponseWithPaths if expose_paths else SearchResponse,
+        response_model=SearchResponseWithPaths if limits.expose_paths else SearchResponse,
         responses=_ERRORS,
     )
     async def search(
@@ -292,7 +333,9 @@ def create_app(
         item_id: Annotated[
             str | None, Form(alias="id", description="search from this item of the index")
         ] = None,
-        k: Annotated[int, Form(ge=1, le=max_k, description=f"number of neighbours, 1..{max_k}")] = default_k,
+        k: Annotated[
+            int, Form(ge=1, le=limits.max_k, description=f"number of neighbours, 1..{limits.max_k}")
+        ] = limits.default_k,
     ) -> dict[str, Any]:
         """The ``k`` nearest items to an uploaded image or to an item already in the index."""
         start = time.perf_counter()
@@ -316,9 +359,10 @@ def create_app(
             query: dict[str, Any] = {"kind": "id", "id": key, "image_url": image_url(key)}
         else:
             assert image is not None
-            data = await image.read(int(max_upload_bytes) + 1)
-            if len(data) > max_upload_bytes:
-                raise HTTPException(413, f"the image is larger than the limit of {max_upload_bytes} bytes")
+            data = await image.read(limits.max_upload_bytes + 1)
+            if len(data) > limits.max_upload_bytes:
+                too_big = f"the image is larger than the limit of {limits.max_upload_bytes} bytes"
+                raise HTTPException(413, too_big)
             service.uploads_in_flight += 1
             try:
                 async with decode_slots:
@@ -335,7 +379,7 @@ def create_app(
         hits = await service.neighbours(vector, k)
         for hit in hits:
             hit["image_url"] = image_url(hit["id"])
-            if not expose_paths:
+            if not limits.expose_paths:
                 del hit["path"]
         return {
             "query": query,
@@ -343,8 +387,6 @@ def create_app(
             "hits": hits,
             "took_ms": round((time.perf_counter() - start) * 1000.0, 3),
         }
-
-    return app
 
 
 def _exact_query_value(request: Request, name: str, parsed: str) -> str:
@@ -368,8 +410,6 @@ def _page_headers() -> dict[str, str]:
 
 def _version() -> str:
     try:
-        from .. import __version__
-
         return str(__version__)
     except ImportError:
         return "0"

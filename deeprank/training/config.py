@@ -193,9 +193,20 @@ class TrainConfig:
         },
     )
     resume: bool = field(default=False, metadata={"flag": "--resume", "help": "continue the run in --output"})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "flag": "--overwrite",
+            "help": "start a new run even if --output is not empty (its checkpoint is replaced)",
+        },
+    )
     max_cache_bytes: int = field(
         default=2 << 30,
-        metadata={"flag": "--max-cache-bytes", "help": "decoded-image cache size in bytes (default 2 GiB)"},
+        metadata={
+            "flag": "--max-cache-bytes",
+            "help": "decoded images kept in memory, in bytes: one block, never larger than the images "
+            "themselves (default 2 GiB)",
+        },
     )
     image_column: str = field(
         default="image",
@@ -247,6 +258,14 @@ def check_config(config: TrainConfig) -> None:
     for name in ("momentum", "weight_decay_lambda"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
+    for name in ("image_size", "threads", "embedding_dim"):
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a whole number >= 1 when given, got {value!r}")
+    if isinstance(config.max_cache_bytes, bool) or not isinstance(config.max_cache_bytes, int):
+        raise ValueError(f"max_cache_bytes must be a whole number of bytes, got {config.max_cache_bytes!r}")
+    if config.max_cache_bytes < 0:
+        raise ValueError(f"max_cache_bytes must be >= 0, got {config.max_cache_bytes}")
     for name in ("epochs", "max_steps", "max_triplets", "time_budget"):
         value = getattr(config, name)
         if value is not None and not value > 0:

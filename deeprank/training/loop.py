@@ -22,17 +22,26 @@ and checkpoints atomically every ``checkpoint_every`` seconds and at the end
 optimizer, counters, sampler and random states, so an interrupted step-budgeted run ends where an
 uninterrupted one would.
 
+Under ``torchrun`` (:mod:`deeprank.training.distributed`) each process is one rank of a
+DistributedDataParallel run: it streams its own shard of each pass through its own sampler, batch
+norms are synchronised, mining ranks every triplet of the global batch with the loss scaled so that
+DDP's averaged gradient is the one-process gradient of that batch, rank 0 decides the budget, stop
+and checkpoint times and broadcasts them, and every rank saves its sampler and random states
+(:mod:`deeprank.training.rankstate`) next to rank 0's checkpoint.
+
 Every step's loss, learning rate, triplets/s and share of active triplets go to ``RUN/log.jsonl``
-(and validation every ``val_every`` steps, the best model in ``RUN/best``): :mod:`.monitor`.
+(and validation every ``val_every`` steps, the best model in ``RUN/best``), by rank 0: :mod:`.monitor`.
 
 Unreadable images are skipped with one warning each and counted (``config.json["progress"]["skipped"]``).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,19 +51,48 @@ import torch
 from ..data.augment import random_shift
 from ..data.images import SkippedImages
 from ..devices import resolve_device
+from ..errors import DeeprankError
 from ..models.multiscale import MultiScaleNet
 from ..models.presets import preset_config
 from ..nn import TripletRankingLoss
 from ..progress import Progress
 from .budget import budget_fraction, learning_rate
 from .config import TrainConfig, check_config
+from .distributed import (
+    DistributedError,
+    World,
+    agree_on_error,
+    broadcast_floats,
+    collective,
+    detect_world,
+    gather_triplets,
+    rank_seed,
+    shard_source,
+    start,
+    stop,
+    sum_floats,
+    sync_batch_norm,
+)
 from .logbook import active_fraction
 from .mining import batch_all_triplet_loss, semi_hard_negatives
 from .monitor import RunMonitor
-from .sources import Source, build_source, data_kind
+from .rankstate import load_rank_state, save_rank_state
+from .sources import Batch, Source, build_source, data_kind
 from .state import Counters, ResumePoint, restore_state, resume_point, save_training
 
-__all__ = ["StepStats", "Trainer", "default_max_shift", "train"]
+__all__ = ["DivergedError", "StepStats", "Trainer", "default_max_shift", "train"]
+
+
+class DivergedError(DeeprankError, FloatingPointError):
+    """The training loss is not finite (on every rank alike: the loss is the global batch's)."""
+
+
+# DDP's keyword for "do not broadcast buffers before each forward" (renamed in torch 2.13).
+_NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 def default_max_shift(image_size: int) -> int:
@@ -118,13 +156,20 @@ class Trainer:
         resumed: the checkpoint to continue (:func:`~deeprank.training.state.resume_point`), if any:
             its model is trained further and its state restored, so the next step is the one an
             uninterrupted run would take.
+        world: this process's rank of a distributed run (:func:`~.distributed.detect_world`), whose
+            process group is already joined (:func:`~.distributed.start`); default: one process.
     """
 
-    def __init__(self, config: TrainConfig, resumed: ResumePoint | None = None) -> None:
+    def __init__(
+        self, config: TrainConfig, resumed: ResumePoint | None = None, world: World | None = None
+    ) -> None:
         self.config = config
+        self.world = world = world if world is not None else World()
         if config.threads:
             torch.set_num_threads(int(config.threads))
         self.device = resolve_device(config.device)
+        if world.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", world.local_rank)
         # Seeded before the source and the model are built: a fresh run's weights follow the seed.
         torch.manual_seed(config.seed)
         channels = config.in_channels or (1 if data_kind(config) == "fashion-mnist" else 3)
@@ -134,12 +179,25 @@ class Trainer:
         else:
             image_size = int(preset_config(config.preset, image_size=config.image_size)["image_size"])
         self.source, norm = build_source(config, image_size, channels, self.skipped)
+        if world.distributed:
+            shard_source(self.source, world, config.seed)
         model = resumed.model if resumed is not None else _new_model(config, image_size, channels, norm)
+        if world.distributed:
+            model = sync_batch_norm(model, self.device)
+        #: the network itself (what a checkpoint saves); :attr:`net` runs it (DDP-wrapped if distributed)
         self.model = model.to(self.device).train()
         # On CPU, channels-last convolutions, pooling and batch norm run about 1.5x faster (oneDNN's
         # native layout); CUDA keeps the default. Weights are saved contiguous either way.
         self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
+        self.net: torch.nn.Module = self.model
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Batch norms are synchronised, so the buffers agree without DDP broadcasting them.
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            with collective("wrapping the model in DistributedDataParallel"):
+                self.net = DistributedDataParallel(self.model, device_ids=ids, **_NO_FORWARD_BUFFER_SYNC)
         self.mining = _mining_mode(config, self.source)
         self.max_shift = default_max_shift(image_size) if config.max_shift is None else config.max_shift
         self.optimizer = torch.optim.SGD(
@@ -150,42 +208,150 @@ class Trainer:
             weight_decay=2.0 * config.weight_decay_lambda,
         )
         self.loss_fn = TripletRankingLoss(margin=config.margin)
-        self.augment_rng = torch.Generator().manual_seed(config.seed + 2)
+        own_seed = rank_seed(config.seed, world.rank)
+        if world.rank:
+            torch.manual_seed(own_seed)  # dropout masks differ per rank (the weights are rank 0's)
+        self.augment_rng = torch.Generator().manual_seed(own_seed + 2)
+        # Mining draws must agree on every rank (each computes the loss of the global batch); one
+        # process keeps drawing them from the shift generator, as before.
+        self.mining_rng = (
+            torch.Generator().manual_seed(config.seed + 3) if world.distributed else self.augment_rng
+        )
         self.counters = Counters()
         if resumed is not None:
             restore_state(self, resumed.state)
+            self._restore_ranks()
+
+    # ----------------------------------------------------------------------------- per rank
+    def rank_state(self) -> dict[str, Any]:
+        """This rank's sampling and random state (``rank-{r}.json``, :mod:`.rankstate`)."""
+        cuda = self.device.type == "cuda"
+        return {
+            "source": self.source.state_dict(),
+            "augment_rng": self.augment_rng.get_state(),
+            "mining_rng": self.mining_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None,
+        }
+
+    def _restore_ranks(self) -> None:
+        """After :func:`restore_state` (rank 0's state): each rank's own sampling and random state.
+
+        Same world size and every ``rank-{r}.json`` of the checkpoint's step: exact continuation.
+        Otherwise weights, optimizer and counters stay restored and sampling restarts (warned).
+        """
+        world, config, step = self.world, self.config, self.counters.step
+        mine = load_rank_state(config.output, world.rank)
+        if mine is not None and mine["step"] != step:
+            mine = None  # from another checkpoint (e.g. a killed save, or an earlier run)
+        saved_world = mine["world_size"] if mine is not None else 1
+        same = sum_floats([float(saved_world == world.size)], world, "the resume check")[0] == world.size
+        if same:
+            if mine is not None:
+                state = mine["state"]
+                self.source.load_state_dict(state["source"])
+                self.augment_rng.set_state(state["augment_rng"])
+                self.mining_rng.set_state(state["mining_rng"])
+                torch.set_rng_state(state["torch_rng"])
+                if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+                    torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            return
+        epoch = math.ceil(self.source.epoch_float)
+        shard_source(self.source, world, config.seed, restart_step=step, epoch=epoch)
+        own = rank_seed(config.seed, world.rank, step)
+        self.augment_rng.manual_seed(own + 2)
+        torch.manual_seed(own)
+        if world.distributed:
+            self.mining_rng.manual_seed(rank_seed(config.seed + 3, 0, step))
+        if world.is_main:
+            warnings.warn(
+                f"resuming {config.output} (saved by {saved_world} process(es)) with {world.size}: "
+                f"weights, optimizer and counters restored; sampling restarts at pass {epoch} with "
+                "fresh buffers and random streams (exact continuation needs the same world size)",
+                stacklevel=2,
+            )
 
     def budget_spent(self, elapsed: float) -> float:
         """The share of the budget spent after ``elapsed`` training seconds (``>= 1``: done)."""
         c = self.counters
         return budget_fraction(self.config, c.step, c.triplets, self.source.epoch_float, elapsed)
 
-    def _loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        if self.mining == "batch-all" and labels is not None:
-            labels = labels.to(self.device)
-            return batch_all_triplet_loss(embeddings, labels, self.config.margin, self.augment_rng)
-        if self.mining == "semi-hard" and labels is not None:
-            return self.loss_fn(*semi_hard_negatives(embeddings, labels.to(self.device), self.config.margin))
-        return self.loss_fn(embeddings)
+    def _mined_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.mining == "batch-all":
+            return batch_all_triplet_loss(embeddings, labels, self.config.margin, self.mining_rng)
+        return self.loss_fn(*semi_hard_negatives(embeddings, labels, self.config.margin))
+
+    def _loss(self, embeddings: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+        """The loss to back-propagate, and this rank's share of the step's loss (shares sum to it).
+
+        Distributed, the loss is that of the global batch times the world size: each rank's
+        backward reaches only its own rows, and DDP averages the ranks' gradients, so the update is
+        the one-process gradient of the global batch.
+        """
+        world = self.world
+        if self.mining in ("batch-all", "semi-hard") and labels is not None:
+            embeddings, labels = gather_triplets(embeddings, labels.to(self.device), world)
+            assert labels is not None
+            loss = self._mined_loss(embeddings, labels)
+            return loss * world.size, float(loss.detach()) / world.size
+        loss = self.loss_fn(embeddings)
+        if not world.distributed:
+            return loss, float(loss.detach())
+        # The per-triplet mean of the global batch: this rank's sum over the global count.
+        local = embeddings.shape[0] // 3
+        total = sum_floats([local], world, "the batch-size sum")[0]
+        return loss * (local * world.size / total), float(loss.detach()) * local / total
+
+    def _next_batch(self) -> Batch:
+        """The source's next batch; distributed, a failure on any rank stops every rank alike."""
+        if not self.world.distributed:
+            return self.source.next_batch(self.config.batch_size)
+        batch, error = None, None
+        try:
+            batch = self.source.next_batch(self.config.batch_size)
+        except Exception as exc:  # noqa: BLE001 - shared with the other ranks, then raised everywhere
+            error = exc
+        agree_on_error(error, self.world, "reading the batch")
+        assert batch is not None
+        return batch
+
+    def backward(self, x: torch.Tensor, labels: torch.Tensor | None) -> float:
+        """Forward ``x`` (float ``[3B, C, S, S]``), compute the loss and its gradients (no update).
+
+        Returns this rank's share of the step's loss (the loss itself on one process).
+        """
+        embeddings = self.net(x.contiguous(memory_format=self.memory_format))
+        loss, share = self._loss(embeddings, labels)
+        # Of this rank's sampled triplets (the log is rank 0's), before mining changes them.
+        self.last_active_fraction = active_fraction(embeddings, self.config.margin)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.world.distributed:
+            with collective("the gradient all-reduce", any_runtime_error=False):
+                loss.backward()
+        else:
+            loss.backward()
+        return share
 
     def step(self, lr: float) -> StepStats:
-        """One optimisation step at learning rate ``lr``; counts it in :attr:`counters`."""
+        """One optimisation step at learning rate ``lr``; counts it in :attr:`counters`.
+
+        Distributed, the loss and triplet count are those of the global batch (every rank's).
+        """
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = self.source.next_batch(self.config.batch_size)
+        batch = self._next_batch()
         x = batch.images.to(self.device, non_blocking=True)
         x = x.float().div_(255.0) if not x.is_floating_point() else x
         if self.max_shift:
             x = random_shift(x, self.max_shift, self.augment_rng)
-        embeddings = self.model(x.contiguous(memory_format=self.memory_format))
-        loss = self._loss(embeddings, batch.labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        share = self.backward(x, batch.labels)
         self.optimizer.step()
-        value = float(loss.detach())
-        self.counters.record(batch.triplets, value)
-        active = active_fraction(embeddings, self.config.margin)
-        return StepStats(loss=value, triplets=batch.triplets, lr=lr, active_fraction=active)
+        value, triplets = share, batch.triplets
+        if self.world.distributed:
+            value, total = sum_floats([share, triplets], self.world, "the loss sum")
+            triplets = int(total)
+        self.counters.record(triplets, value)
+        return StepStats(loss=value, triplets=triplets, lr=lr, active_fraction=self.last_active_fraction)
 
 
 class _Throughput:
@@ -209,6 +375,52 @@ def _show(bar: Progress, trainer: Trainer, rate: float, elapsed: float, force: b
     bar.show(text, trainer.budget_spent(elapsed), force=force)
 
 
+def _checkpoint(trainer: Trainer, elapsed: float, *, finished: bool, rate: float) -> None:
+    """Save the run: every rank its ``rank-{r}.json``, then rank 0 the checkpoint (all atomic).
+
+    The rank files go first and rank 0 writes only once all of them are written, so a checkpoint's
+    ``config.json`` never names a step whose rank files are missing; a failed write on any rank
+    stops every rank with its message.
+    """
+    world = trainer.world
+    if not world.distributed:
+        save_training(trainer, elapsed, finished=finished, rate=rate)
+        return
+    error: Exception | None = None
+    try:
+        save_rank_state(
+            trainer.config.output, world.rank, world.size, trainer.counters.step, trainer.rank_state()
+        )
+    except Exception as exc:  # noqa: BLE001 - shared with the other ranks, then raised everywhere
+        error = exc
+    agree_on_error(error, world, "writing the rank states")
+    try:
+        if world.is_main:
+            save_training(trainer, elapsed, finished=finished, rate=rate)
+    except Exception as exc:  # noqa: BLE001
+        error = exc
+    agree_on_error(error, world, "writing the checkpoint")
+
+
+def _agree_on_resume(config: TrainConfig, resumed: ResumePoint | None, world: World) -> None:
+    """Every rank must see the checkpoint rank 0 resumes (a shared ``--output``), or all stop."""
+    if not world.distributed:
+        return
+    step = float(resumed.state["step"]) if resumed is not None else -1.0
+    first = broadcast_floats([step], world, "the resume check")[0]
+    error = None
+    if first != step:
+
+        def seen(s: float) -> str:
+            return "no checkpoint" if s < 0 else f"a checkpoint of step {s:.0f}"
+
+        error = DistributedError(
+            f"rank {world.rank} sees {seen(step)} in {config.output} but rank 0 sees {seen(first)}; "
+            "--output must be a folder every rank shares"
+        )
+    agree_on_error(error, world, "the resume check")
+
+
 def train(config: TrainConfig, progress: bool = True) -> Path:
     """Train a model as ``config`` says; returns the checkpoint directory (``config.output``).
 
@@ -216,42 +428,63 @@ def train(config: TrainConfig, progress: bool = True) -> Path:
     continues from it (the saved training configuration wins for everything but the budget fields,
     ``output``, ``device``, ``threads`` and ``checkpoint_every``, see
     :data:`~deeprank.training.state.CALLER_FIELDS`).
+
+    Started by ``torchrun`` (``WORLD_SIZE`` set), this process is one rank of a distributed run
+    (:mod:`deeprank.training.distributed`); only rank 0 shows progress and writes the model.
     """
     check_config(config)
+    world = detect_world()
+    if not world.distributed:
+        return _run(config, progress, world)
+    start(world, resolve_device(config.device))
+    try:
+        return _run(config, progress and world.is_main, world)
+    finally:
+        stop()
+
+
+def _run(config: TrainConfig, progress: bool, world: World) -> Path:
     resumed = resume_point(config)
-    trainer = Trainer(resumed.config if resumed is not None else config, resumed)
+    _agree_on_resume(config, resumed, world)
+    trainer = Trainer(resumed.config if resumed is not None else config, resumed, world)
     config, counters = trainer.config, trainer.counters
     bar = Progress("training", enabled=progress, interval=0.5)
-    start = last_save = time.monotonic()
-    throughput = _Throughput(start, counters.triplets)
-    monitor = RunMonitor(trainer)  # RUN/log.jsonl, TensorBoard, validation every val_every steps
+    start_time = last_save = time.monotonic()
+    throughput = _Throughput(start_time, counters.triplets)
+    first_step = counters.step
+    monitor = RunMonitor(trainer)  # RUN/log.jsonl, TensorBoard, validation (rank 0)
 
-    def elapsed() -> float:  # training seconds of every session so far
-        return counters.elapsed_before + (time.monotonic() - start)
+    def elapsed() -> float:  # training seconds of every session so far (rank 0's decide)
+        return counters.elapsed_before + (time.monotonic() - start_time)
 
     while True:
         fraction = trainer.budget_spent(elapsed())
-        if fraction >= 1.0 or (config.stop_at_step is not None and counters.step >= config.stop_at_step):
+        done = fraction >= 1.0 or (config.stop_at_step is not None and counters.step >= config.stop_at_step)
+        # The periodic save of the previous step's state (decided here, with the budget).
+        every = config.checkpoint_every
+        save = bool(every) and counters.step > first_step and time.monotonic() - last_save >= every
+        if world.distributed:  # rank 0 decides; no rank may wait for a step the others skip
+            fraction, done, save = broadcast_floats([fraction, done, save], world, "the budget decision")
+        if save:
+            _checkpoint(trainer, elapsed(), finished=False, rate=throughput.rate)
+            monitor.checkpointed()
+            last_save = time.monotonic()
+        if done:
             break
         stats = trainer.step(learning_rate(config, counters.step, fraction))
         now = time.monotonic()
         throughput.update(counters.triplets, now)
-        _show(bar, trainer, throughput.rate, counters.elapsed_before + now - start)
-        monitor.after_step(stats, throughput.rate, counters.elapsed_before + now - start)
-        if not math.isfinite(stats.loss):
+        _show(bar, trainer, throughput.rate, counters.elapsed_before + now - start_time)
+        monitor.after_step(stats, throughput.rate, counters.elapsed_before + now - start_time)
+        if not math.isfinite(stats.loss):  # the global loss: every rank stops with this message
             bar.close()
             monitor.close()
-            raise FloatingPointError(
-                f"training diverged at step {counters.step} (loss {stats.loss}); lower --lr"
-            )
-        if config.checkpoint_every and now - last_save >= config.checkpoint_every:
-            save_training(trainer, elapsed(), finished=False, rate=throughput.rate)
-            monitor.checkpointed()
-            last_save = time.monotonic()
+            raise DivergedError(f"training diverged at step {counters.step} (loss {stats.loss}); lower --lr")
     _show(bar, trainer, throughput.rate, elapsed(), force=True)
     bar.close()
     total = elapsed()
-    save_training(trainer, total, finished=trainer.budget_spent(total) >= 1.0, rate=throughput.rate)
+    finished = broadcast_floats([trainer.budget_spent(total) >= 1.0], world, "the final decision")[0]
+    _checkpoint(trainer, total, finished=bool(finished), rate=throughput.rate)
     monitor.close()
     if trainer.skipped.count:
         print(f"skipped {trainer.skipped.count} unreadable image(s)", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 :class:`RunMonitor` is the loop's one handle on :mod:`deeprank.training.logbook` (``RUN/log.jsonl``)
 and :mod:`deeprank.training.validation` (every ``val_every`` steps, best checkpoint in ``RUN/best``).
-In a distributed run only the main process (``trainer.is_main``, where the trainer has it) writes.
+In a distributed run only rank 0 (``trainer.world.is_main``) logs and validates; the other ranks wait
+for it at the next step's collectives.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class RunMonitor:
         self.trainer = trainer
         self.log: Logbook | None = None
         self.validator: Validator | None = None
-        if not getattr(trainer, "is_main", True):
+        world = getattr(trainer, "world", None)
+        if world is not None and not world.is_main:
             return
         config = trainer.config
         self.log = Logbook(config.output, trainer.counters.step, tensorboard=config.tensorboard)

@@ -30,6 +30,7 @@ from ..data.images import SkippedImages, UnreadableImage, resize
 from ..data.records import RecordStore, is_records_spec, open_records
 from ..data.store import ImageStore
 from ..data.triplet_csv import read_triplet_csv
+from ..errors import EmptyCollectionError
 from .config import TrainConfig
 from .relevance import build_relevance
 from .sampler import ReservoirTripletSampler
@@ -188,7 +189,9 @@ class SampledSource(Source):
             if t is None or (bad and {t.query, t.positive, t.negative} & bad):
                 misses += 1
                 if misses > 100 * count + 10 * self.size:
-                    raise RuntimeError("the sampler emits no triplets: check the categories and relevance")
+                    raise EmptyCollectionError(
+                        "the sampler emits no triplets: check the categories and relevance"
+                    )
                 continue
             out.append((t.query, t.positive, t.negative))
         return out
@@ -252,15 +255,19 @@ class TripletListSource(Source):
         self.path = path
 
     def refill(self, count: int) -> list[tuple[int, int, int]]:
+        """The next ``count`` triplets that touch no known-unreadable image (repeats when there are few)."""
         out: list[tuple[int, int, int]] = []
-        tries = 0
+        misses = 0  # known-bad triplets drawn since the last good one
         while len(out) < count:
             t = tuple(int(v) for v in self.triplets[self.walk.next()[0]])
-            tries += 1
             if not set(t) & self.store.bad:
                 out.append(t)  # type: ignore[arg-type]
-            elif tries > 2 * self.size + count:
-                raise RuntimeError(f"every triplet of {self.path} has an unreadable image")
+                misses = 0
+                continue
+            misses += 1
+            # Each pass is a permutation, so any 2 * size draws in a row hold every triplet at least once.
+            if misses > 2 * self.size:
+                raise EmptyCollectionError(f"every triplet of {self.path} has an unreadable image")
         return out
 
     def next_batch(self, batch_size: int) -> Batch:
@@ -320,7 +327,7 @@ class InstanceSource(Source):
                 self.skipped.add(err)
                 misses += 1
                 if misses > 10 * self.size:
-                    raise RuntimeError(f"no readable images in {self.folder.root}") from None
+                    raise EmptyCollectionError(f"no readable images in {self.folder.root}") from None
                 continue
             q.append(full), p.append(view), n.append(negative)
             ids.append(i), neg_ids.append(j)
@@ -382,12 +389,12 @@ class Labelled:
             images = self.images[torch.from_numpy(idx)]
         elif isinstance(self.images, RecordStore):
             s = self.images
-            budget = s.max_items * s.bytes_per_item
+            budget = s.reserved_bytes
             images = RecordStore(s.records.subset(idx), s.image_size, s.channels, budget)
         else:
             s = self.images
             paths = [s.paths[i] for i in idx]
-            images = ImageStore(paths, s.image_size, s.channels, s.max_items * s.bytes_per_item)
+            images = ImageStore(paths, s.image_size, s.channels, s.reserved_bytes)
             if folder is not None:
                 folder = SimpleNamespace(root=folder.root, paths=paths)
         return Labelled(images, self.labels[idx], dict(self.description), self.norm, folder)

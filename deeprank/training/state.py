@@ -8,8 +8,12 @@
   :func:`resumed_config` (the saved settings win but for :data:`CALLER_FIELDS`);
 * :func:`restore_state` puts the state back into a freshly built trainer.
 
-The bytes of ``train_state.pt`` are written and read by :mod:`deeprank.models.checkpoint`
-(``save_checkpoint(state=...)`` and ``load_train_state``); this module decides what goes in it.
+The bytes of ``train_state.safetensors`` are written and read by :mod:`deeprank.models.checkpoint`
+(``save_checkpoint(state=...)`` and ``load_train_state``, no pickle); this module decides what goes
+in it. A resumed run takes its weights and settings from that one file, which is whole and
+consistent by itself after a kill at any point of a save.
+
+:func:`check_output` keeps a fresh run from silently replacing what is in its output folder.
 """
 
 from __future__ import annotations
@@ -23,7 +27,17 @@ from typing import Any, Protocol
 import torch
 
 from ..data.images import SkippedImages
-from ..models.checkpoint import CONFIG_FILE, load_model, load_train_state, save_checkpoint
+from ..errors import DeeprankError
+from ..models.checkpoint import (
+    CONFIG_FILE,
+    LEGACY_STATE_FILE,
+    STATE_FILE,
+    load_config,
+    load_model,
+    load_state_model,
+    load_train_state,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .sources import Source
 
@@ -33,6 +47,7 @@ __all__ = [
     "ResumePoint",
     "Resumable",
     "capture_state",
+    "check_output",
     "restore_state",
     "resume_point",
     "resumed_config",
@@ -52,6 +67,7 @@ CALLER_FIELDS = (
     "threads",
     "checkpoint_every",
     "resume",
+    "overwrite",
 )
 
 
@@ -88,6 +104,7 @@ def capture_state(trainer: Resumable, elapsed: float) -> dict[str, Any]:
     """The training state of ``trainer`` after ``elapsed`` training seconds (all sessions)."""
     device = trainer.device
     return {
+        "train": trainer.config.to_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "source": trainer.source.state_dict(),
         "augment_rng": trainer.augment_rng.get_state(),
@@ -158,17 +175,59 @@ class ResumePoint:
     state: dict[str, Any] = field(repr=False)
 
 
+#: Files a training run writes beside its checkpoint (:mod:`deeprank.training.monitor`, ``deeprank plot``).
+RUN_REPORTS = frozenset({"log.jsonl", "tensorboard", "best", "curves.png"})
+
+
+def check_output(config: TrainConfig) -> None:
+    """Refuse a fresh run into a non-empty output folder unless ``resume`` or ``overwrite`` is set.
+
+    Retraining into the folder of an earlier model would replace it without a word (and every index
+    built from it would then refer to other weights).
+    """
+    output = Path(config.output)
+    if output.exists() and not output.is_dir():
+        raise DeeprankError(f"the output folder {output} is a file")
+    if config.resume or config.overwrite or not output.is_dir():
+        return
+    # What a run writes before its first checkpoint (its log, TensorBoard files, best model so far) is
+    # no earlier model: a run killed then may start again in the same folder.
+    if any(p.name not in RUN_REPORTS for p in output.iterdir()):
+        raise DeeprankError(
+            f"the output folder {output} is not empty; pass --resume to continue the run in it "
+            "or --overwrite to replace its checkpoint"
+        )
+
+
 def resume_point(config: TrainConfig) -> ResumePoint | None:
     """The checkpoint in ``config.output`` to continue, or ``None`` for a fresh run.
 
     ``None`` unless ``config.resume`` and the output directory holds a checkpoint; a checkpoint
-    without a training state (``train_state.pt``) raises ``ValueError``.
+    without a training state raises ``ValueError``, as does a corrupt one. A fresh run into a
+    non-empty folder without ``overwrite`` raises :class:`~deeprank.errors.DeeprankError`
+    (:func:`check_output`); with ``overwrite`` (and no ``resume``) the old training state is deleted.
+
+    The model and the saved settings come from the training state (which holds the weights it
+    belongs to); ``model.safetensors`` and ``config.json`` are checked to be whole.
     """
+    check_output(config)
     output = Path(config.output)
-    if not (config.resume and (output / CONFIG_FILE).is_file()):
+    if config.overwrite and not config.resume:
+        # A new run: the old run's state goes now, so a --resume after this run is cut before its
+        # first save cannot continue the old run instead (its weights stay until replaced).
+        for name in (STATE_FILE, LEGACY_STATE_FILE):
+            (output / name).unlink(missing_ok=True)
         return None
-    model, saved = load_model(output)
+    has_config = (output / CONFIG_FILE).is_file()
+    has_state = (output / STATE_FILE).is_file() or (output / LEGACY_STATE_FILE).exists()
+    if not (config.resume and (has_config or has_state)):
+        return None
+    saved: dict[str, Any] = {}
+    if has_config:  # absent only after a kill during the first save: the state is enough
+        saved = load_config(output)
+        load_model(output)  # a truncated or corrupt model.safetensors is reported, not replaced silently
     state = load_train_state(output)
     if state is None:
-        raise ValueError(f"{output} has no training state to resume from (train_state.pt missing)")
-    return ResumePoint(resumed_config(saved.get("train", {}), config), model, state)
+        raise ValueError(f"{output} has no training state to resume from ({STATE_FILE} missing)")
+    model = load_state_model(state, output / STATE_FILE)
+    return ResumePoint(resumed_config(state.get("train", saved.get("train", {})), config), model, state)

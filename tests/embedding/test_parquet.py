@@ -8,7 +8,7 @@ import pytest
 from deeprank import Index
 from deeprank.cli import main
 from deeprank.embedding.parquet import write_parquet
-from deeprank.embedding.shards import embed_to_shards
+from deeprank.embedding.sharded_run import embed_to_shards
 from deeprank.errors import MissingExtraError
 
 pa = pytest.importorskip("pyarrow")

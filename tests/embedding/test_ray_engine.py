@@ -11,7 +11,8 @@ import pytest
 
 from deeprank import Index
 from deeprank.cli import main
-from deeprank.embedding.shards import embed_to_shards, read_shard_set
+from deeprank.embedding.sharded_run import embed_to_shards
+from deeprank.embedding.shards import read_shard_set
 
 ray = pytest.importorskip("ray")
 
@@ -77,6 +78,7 @@ def test_cli_ray_run_equals_the_local_engine(
 KILLED_DRIVER = textwrap.dedent(
     """
     import os, signal, sys
+    import deeprank.embedding.sharded_run as sharded_run
     import deeprank.embedding.shards as shards
     real = shards.write_json_atomic
 
@@ -86,7 +88,7 @@ KILLED_DRIVER = textwrap.dedent(
         return real(path, *args, **kwargs)
 
     shards.write_json_atomic = write_then_die
-    shards.embed_to_shards(sys.argv[1], sys.argv[2], sys.argv[3], engine="ray", address=sys.argv[4],
+    sharded_run.embed_to_shards(sys.argv[1], sys.argv[2], sys.argv[3], engine="ray", address=sys.argv[4],
                            shard_size=10, batch_size=4, progress=False)
     """
 )

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from deeprank.embedding import embed_folder
-from deeprank.embedding.shards import embed_to_shards, is_shard_set, read_shard_set
+from deeprank.embedding.sharded_run import embed_to_shards
+from deeprank.embedding.shards import is_shard_set, read_shard_set
 from deeprank.errors import DeeprankError
 from deeprank.io import sha256_file
 from deeprank.models import MultiScaleNet
@@ -102,6 +103,7 @@ def test_arguments_are_checked(grey_model, mixed_folder, tmp_path):
 KILLED_RUN = textwrap.dedent(
     """
     import os, signal, sys
+    import deeprank.embedding.sharded_run as sharded_run
     import deeprank.embedding.shards as shards
     real = shards.write_json_atomic
 
@@ -111,7 +113,7 @@ KILLED_RUN = textwrap.dedent(
         return real(path, *args, **kwargs)
 
     shards.write_json_atomic = write_then_die
-    shards.embed_to_shards(sys.argv[1], sys.argv[2], sys.argv[3], shard_size=10, batch_size=4,
+    sharded_run.embed_to_shards(sys.argv[1], sys.argv[2], sys.argv[3], shard_size=10, batch_size=4,
                            workers=int(sys.argv[4]), progress=False)
     """
 )

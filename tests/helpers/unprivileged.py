@@ -2,10 +2,11 @@
 
 Tests run as root here, and root reads chmod 000 files and writes into read-only folders. The
 interpreter itself lives under ``/root`` (which ``nobody`` may not enter), so :func:`run_cli` starts
-one child Python as root, imports everything the commands need, then drops to ``nobody``
-(``setgroups``/``setgid``/``setuid``) and calls :func:`deeprank.cli.main` for each argv. Started as
-another user, the child stays that user. A traceback escaping ``main`` is caught and returned, so a
-test can assert there is none.
+one child Python as root, drops to ``nobody`` (real and effective ids; the saved ids stay root's) and
+calls :func:`deeprank.cli.main` for each argv. Modules imported after that are found and loaded with
+root's effective uid for the length of the import only (``AsRootFinder``), so every file the commands
+read or write is checked against ``nobody``. Started as another user, the child stays that user.
+A traceback escaping ``main`` is caught and returned, so a test can assert there is none.
 """
 
 from __future__ import annotations
@@ -21,19 +22,70 @@ NOBODY = 65534
 
 _CHILD = r"""
 import contextlib, io, json, os, sys, traceback, warnings
+import importlib.abc
+
+
+class AsRootLoader(importlib.abc.Loader):
+    # Loads a module with root's effective uid, then hands the user's back.
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):  # resource readers, get_data, ...: the real loader's
+        return getattr(self.loader, name)
+
+    def create_module(self, spec):
+        with as_root():
+            return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        with as_root():
+            return self.loader.exec_module(module)
+
+
+class AsRootFinder(importlib.abc.MetaPathFinder):
+    # The interpreter and its packages live under /root, closed to nobody: modules imported late
+    # (numpy's lazy submodules, deeprank's optional imports) are found and loaded as root. Every
+    # other file access (the images, folders and outputs under test) keeps nobody's permissions.
+    def find_spec(self, name, path=None, target=None):
+        if os.geteuid() == 0:
+            return None
+        with as_root():
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(name, path, target)
+                if spec is not None:
+                    if spec.loader is not None:
+                        spec.loader = AsRootLoader(spec.loader)
+                    return spec
+        return None
+
+
+@contextlib.contextmanager
+def as_root():
+    uid, gid = os.geteuid(), os.getegid()
+    if uid == 0:
+        yield
+        return
+    os.seteuid(0)
+    os.setegid(0)
+    try:
+        yield
+    finally:
+        os.setegid(gid)
+        os.seteuid(uid)
+
+
 import torch
 import deeprank, deeprank.cli as cli
-import deeprank.data, deeprank.demo, deeprank.embedding, deeprank.evaluation, deeprank.evaluation.plots
-import deeprank.index, deeprank.models, deeprank.training, deeprank.training.config
-import safetensors, safetensors.torch, fcntl  # imported lazily by deeprank; /root is closed to nobody
-import csv, shutil, tempfile, uuid, encodings.idna, cProfile, pstats, secrets, numpy.random, torch._dynamo
-from PIL import Image, ImageEnhance, ImageOps, ImageDraw, ImageFont
+from PIL import Image
 Image.init()
-calls = json.loads(sys.stdin.read())
 if os.geteuid() == 0:
+    sys.meta_path.insert(0, AsRootFinder())
     os.setgroups([])
-    os.setgid(NOBODY)
-    os.setuid(NOBODY)
+    os.setresgid(NOBODY, NOBODY, 0)  # the saved ids stay root's, for AsRootFinder alone
+    os.setresuid(NOBODY, NOBODY, 0)
+calls = json.loads(sys.stdin.read())
 results = []
 for argv in calls:
     out, err = io.StringIO(), io.StringIO()

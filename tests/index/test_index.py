@@ -371,7 +371,10 @@ def test_an_ivf_backend_follows_removals_and_an_on_disk_one_is_saved_and_reopene
     entry = fmt.read_manifest(tmp_path / "idx")["backends"]["approximate"]
     assert entry == {"backend": "faiss", "kind": "IVF8,Flat", "on_disk": True, "nprobe": 8}
     assert loaded.search(q, 3, approximate=True).ids == expect.ids
-    assert loaded.search(q, 3, approximate=True, nprobe=1).ids[0][0] == expect.ids[0][0]
+    # One list probed: a stored vector's own list holds it, so a query next to it still finds it
+    # (the removed v0/v1 are not asked: their nearest neighbours may sit in other lists).
+    near = vectors[2:7] + 1e-4
+    assert loaded.search(near, 1, approximate=True, nprobe=1).ids == [[f"v{i}"] for i in range(2, 7)]
     loaded.add(vectors[:1], ids=["back"])  # the mapped lists are read-only: the backend is dropped
     assert loaded.approximate_index is None
     files = loaded.export(tmp_path / "out", format="faiss")

@@ -76,7 +76,7 @@ def test_query_with_a_retrained_checkpoint_is_one_line_and_exit_2(built, folder,
 
 def test_include_model_copies_weights_and_config_but_never_training_state(tmp_path, folder):
     ckpt = save_checkpoint(tmp_path / "ckpt", net(0), state={"step": 3, "optimizer": {}})
-    assert (ckpt / "train_state.pt").is_file()
+    assert (ckpt / "train_state.safetensors").is_file()
     index = Index.build(ckpt, folder, progress=False)
     path = index.save(tmp_path / "idx", include_model=True)
     manifest = fmt.read_manifest(path)

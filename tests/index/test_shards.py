@@ -12,7 +12,7 @@ import torch
 from deeprank import Index
 from deeprank.data import export_image_folder, load_fashion_mnist
 from deeprank.embedding import embed_folder
-from deeprank.embedding.shards import embed_to_shards
+from deeprank.embedding.sharded_run import embed_to_shards
 from deeprank.errors import IndexFormatError
 from deeprank.index import FlatIndex
 from deeprank.index.backend import Backend

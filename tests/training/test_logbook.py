@@ -50,7 +50,7 @@ def test_resume_appends_without_repeating_steps(small):
 
 def test_a_fresh_run_replaces_an_old_log(small):
     train(small(max_steps=3), progress=False)
-    out = train(small(max_steps=2), progress=False)
+    out = train(small(max_steps=2, overwrite=True), progress=False)
     assert [r["step"] for r in read_log(out)] == [1, 2]
 
 
@@ -103,3 +103,14 @@ def test_without_tensorboard_the_error_names_the_extra(tmp_path):
     assert out.returncode == 2, out.stderr
     err = out.stderr.strip().splitlines()
     assert len(err) == 1 and "pip install 'deeprank[tensorboard]'" in err[0]
+
+
+def test_a_run_killed_before_its_first_checkpoint_may_start_again(small):
+    out = train(small(max_steps=2), progress=False)
+    for name in ("config.json", "model.safetensors"):
+        (out / name).unlink()
+    for state in out.glob("train_state*"):
+        state.unlink()
+    assert [p.name for p in out.iterdir()] == ["log.jsonl"]  # only what the run wrote before saving
+    train(small(max_steps=2), progress=False)  # not refused as "not empty"
+    assert [r["step"] for r in read_log(out)] == [1, 2]

@@ -16,7 +16,7 @@ from deeprank.training.loop import StepStats, Trainer
 
 def test_train_on_bundled_data_writes_a_loadable_checkpoint(small):
     out = train(small(), progress=False)
-    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "train_state.pt"}
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.json", "train_state.safetensors"}
     model, config = load_model(out)
     assert config["progress"]["step"] == 3 and config["progress"]["triplets"] == 24
     assert config["progress"]["finished"] is True and config["data"]["kind"] == "fashion-mnist"

@@ -44,6 +44,7 @@ def test_cli_train_on_a_parquet_file_with_named_columns(capsys, tmp_path):
     info = json.loads((tmp_path / "run" / "config.json").read_text())
     assert info["data"]["kind"] == "hf" and info["data"]["images"] == 12
     capsys.readouterr()
+    argv[argv.index("-o") + 1] = str(tmp_path / "run2")
     assert cli.main([*argv[:2], "--image-column", "nope", *argv[4:]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--image-column 'nope'" in err[0]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from deeprank.data.images import SkippedImages
+from deeprank.errors import EmptyCollectionError
 from deeprank.models.checkpoint import load_config, load_model
 from deeprank.training import train
 from deeprank.training.loop import Trainer
@@ -168,3 +169,32 @@ def test_triplet_csv_and_unlabelled_training(small, image_folder, tmp_path):
         progress=False,
     )
     assert load_config(out)["data"] == {"kind": "unlabelled", "path": str(root / "c1"), "images": 6}
+
+
+@pytest.mark.parametrize("batch_size", [1, 8, 50])
+def test_one_readable_triplet_of_three_is_enough_for_any_batch(small, image_folder, tmp_path, batch_size):
+    root = image_folder()  # c0/broken.png is unreadable
+    r = root.name
+    rows = [f"{r}/c0/0.png,{r}/c0/1.png,{r}/c1/0.png", f"{r}/c0/broken.png,{r}/c0/1.png,{r}/c1/0.png"]
+    rows.append(f"{r}/c0/0.png,{r}/c0/1.png,{r}/c0/broken.png")
+    path = tmp_path / "one-good.csv"
+    path.write_text("\n".join(rows))
+    source = TripletListSource(str(path), small(data=str(path)), 16, 3, SkippedImages())
+    for _ in range(3):
+        batch = source.next_batch(batch_size)
+        assert batch.triplets == batch_size
+    good = source.store.get(0), source.store.get(1), source.store.get(3)  # sorted names: broken is 2
+    expected = torch.cat([g.expand(batch_size, -1, -1, -1) for g in good])
+    assert torch.equal(batch.images, expected)
+
+
+def test_a_csv_whose_every_triplet_is_unreadable_is_one_clear_error(small, image_folder, tmp_path):
+    root = image_folder()
+    r = root.name
+    path = tmp_path / "all-bad.csv"
+    path.write_text(
+        f"{r}/c0/broken.png,{r}/c0/1.png,{r}/c1/0.png\n{r}/c0/0.png,{r}/c0/broken.png,{r}/c1/1.png"
+    )
+    source = TripletListSource(str(path), small(data=str(path)), 16, 3, SkippedImages())
+    with pytest.raises(EmptyCollectionError, match="every triplet of .* has an unreadable image"):
+        source.next_batch(8)

@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from deeprank.errors import DeeprankError
 from deeprank.models import MultiScaleNet
-from deeprank.models.checkpoint import load_config, load_train_state, save_checkpoint
+from deeprank.models.checkpoint import STATE_FILE, load_config, load_train_state, save_checkpoint
 from deeprank.training import TrainConfig, train
 from deeprank.training.loop import Trainer
 from deeprank.training.state import (
@@ -59,7 +60,8 @@ def test_the_saved_config_wins_but_for_the_callers_fields():
     assert merged.checkpoint_every == 5.0
     assert all(getattr(merged, name) == getattr(caller, name) for name in CALLER_FIELDS)
     budget = {"epochs", "max_steps", "max_triplets", "time_budget", "stop_at_step"}
-    assert set(CALLER_FIELDS) == budget | {"output", "device", "threads", "checkpoint_every", "resume"}
+    callers = {"output", "device", "threads", "checkpoint_every", "resume", "overwrite"}
+    assert set(CALLER_FIELDS) == budget | callers
 
 
 def test_a_resumed_run_keeps_its_settings_and_takes_a_longer_budget(small):
@@ -74,7 +76,14 @@ def test_a_resumed_run_keeps_its_settings_and_takes_a_longer_budget(small):
 def test_resume_point_loads_the_checkpoint_model_or_nothing(small):
     assert resume_point(small("none", resume=True)) is None  # nothing to resume: a fresh run
     out = train(small("run"), progress=False)
-    assert resume_point(small("run")) is None  # resume not asked
+    with pytest.raises(DeeprankError, match="not empty"):  # resume not asked: a fresh run is refused
+        resume_point(small("run"))
+    assert resume_point(small("run", resume=True)) is not None
+    assert resume_point(small("run", overwrite=True)) is None  # a fresh run, as asked
+    assert not (out / STATE_FILE).exists() and (out / "model.safetensors").is_file()  # old state gone
+    with pytest.raises(ValueError, match="no training state"):  # so resume cannot continue the old run
+        resume_point(small("run", resume=True))
+    out = train(small("run", overwrite=True), progress=False)
     point = resume_point(small("run", resume=True, max_steps=9))
     assert point.config.max_steps == 9 and point.state["step"] == 3
     assert not point.model.training
