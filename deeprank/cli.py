@@ -1,6 +1,6 @@
 """The ``deeprank`` command: parses arguments and calls the library (no logic of its own lives here).
 
-Sub-commands: train, embed, index, query, evaluate, triplets, bench, demo, serve, info. Errors a user
+Sub-commands: train, plot, embed, index, query, evaluate, triplets, bench, demo, serve, info. Errors a user
 can cause print one line ``deeprank: error: ...`` on stderr and exit with status 2 (``--debug`` shows
 the traceback instead).
 """
@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 from .errors import DeeprankError
 
 if TYPE_CHECKING:
+    import torch
+
     from .index import Index
 
 EXIT_USAGE = 2
@@ -110,23 +112,61 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
     from .training.config import config_from_args
 
-    checkpoint = train(config_from_args(args), progress=not args.no_progress)
+    config = config_from_args(args)
+    print(f"log: {Path(config.output) / 'log.jsonl'} (deeprank plot {config.output} draws it)", flush=True)
+    checkpoint = train(config, progress=not args.no_progress)
     print(f"checkpoint: {checkpoint}")
+    if config.val_every:
+        print(f"best checkpoint (validation precision_at_1): {checkpoint / 'best'}")
     return 0
 
 
-def _build_index(args: argparse.Namespace) -> Index:
-    """Embed ``args.folder`` with ``args.model`` (shared by ``embed`` and ``index``)."""
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .evaluation.curves import plot_run
+
+    _existing_dir(args.run, "training run folder")
+    if args.output:
+        _writable_output(args.output, "curves image", folder=False)
+    print(f"curves: {plot_run(args.run, args.output)}")
+    return 0
+
+
+def _model_on(checkpoint: str | os.PathLike, device: str) -> torch.nn.Module:
+    """The model of a checkpoint on ``device`` (``auto|cpu|cuda[:N]``, :func:`deeprank.devices.
+    resolve_device`), remembering its directory so an index built with it records the checkpoint."""
+    from .api import model_on
+
+    return model_on(checkpoint, device)
+
+
+def _index_on(path: str, model: str | None, device: str, *, verify: bool = True) -> Index:
+    """An index whose query model (``model``, else the index's own checkpoint) runs on ``device``."""
+    from .devices import resolve_device
     from .index import Index
 
-    _existing_dir(args.folder, "image folder")
+    target = resolve_device(device)
+    index = Index.load(path, model=None if model is None else _model_on(model, device), verify=verify)
+    if target.type != "cpu" and (model is not None or index.checkpoint is not None):
+        index.model.to(target)  # the index's checkpoint, loaded (and checked) on first use
+    return index
+
+
+def _build_index(args: argparse.Namespace) -> Index:
+    """Embed ``args.folder`` (or ``hf:PATH``, ``.tar`` shards) with ``args.model`` (``embed``, ``index``)."""
+    from .api import build_index
+    from .data.records import is_records_spec
+
+    if not is_records_spec(args.folder):
+        _existing_dir(args.folder, "image folder")
     _writable_output(args.output, "output folder", folder=True)
-    index = Index.build(
+    index = build_index(
         args.model,
         args.folder,
+        device=args.device,
         batch_size=args.batch_size,
         progress=not args.no_progress,
         workers=args.workers,
+        image_column=args.image_column,
     )
     _report_skipped(index.skipped)
     return index
@@ -242,9 +282,8 @@ def _collection_name(output: str) -> str:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from .index import Index
 
-    index = Index.load(args.index, model=args.model, verify=not args.no_verify)
+    index = _index_on(args.index, args.model, args.device, verify=not args.no_verify)
     from .embedding import list_folder
 
     if args.grid:
@@ -280,7 +319,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _existing_dir(args.folder, "image folder")
     _writable_output(args.output, "output folder", folder=True)
     paths = evaluate_folder(
-        args.model,
+        _model_on(args.model, args.device),
         args.folder,
         args.output,
         triplets_csv=args.triplets,
@@ -344,7 +383,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.output, quick=args.quick, train_seconds=args.train_seconds, seed=args.seed)
+    run_demo(
+        args.output, quick=args.quick, train_seconds=args.train_seconds, seed=args.seed, device=args.device
+    )
     return 0
 
 
@@ -355,11 +396,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise DeeprankError(
             f"`deeprank serve` needs the serve extra: pip install 'deeprank[serve]' ({exc})"
         ) from None
+    from .devices import resolve_device
+
+    if resolve_device(args.device).type == "cpu":  # the index loads after the port is taken
+        index, model = args.index, args.model
+    else:
+        index, model = _index_on(args.index, args.model, args.device), None
     server.run(
-        args.index,
+        index,
         host=args.host,
         port=args.port,
-        model=args.model,
+        model=model,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_k=args.max_k,
         approximate=args.approximate,
@@ -423,6 +470,22 @@ def build_parser() -> argparse.ArgumentParser:
             help="trained model (checkpoint directory)",
         )
 
+    def source_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "folder",
+            help="image folder (searched recursively), hf:PATH (a saved Hugging Face dataset, .arrow or "
+            ".parquet) or WebDataset .tar shard(s)",
+        )
+        p.add_argument("--image-column", default="image", help="image column of hf:PATH data (image)")
+
+    def device_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--device",
+            default="auto",
+            metavar="DEVICE",
+            help="where the model runs: auto (a CUDA GPU if there is one), cpu, cuda or cuda:N (auto)",
+        )
+
     def progress_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (256)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -446,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
         "exported to OUTPUT/FORMAT/.",
     )
     model_arg(p)
-    p.add_argument("folder", help="image folder (searched recursively)")
+    source_args(p)
     p.add_argument("--output", "-o", required=True, help="output folder")
     p.add_argument(
         "--format",
@@ -457,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", help="Milvus collection to write (--format milvus)")
     progress_args(p)
     workers_arg(p)
+    device_arg(p)
     p.add_argument(
         "--engine",
         choices=["local", "ray"],
@@ -479,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Embed every image under FOLDER and save an index directory (see deeprank.index).",
     )
     model_arg(p)
-    p.add_argument("folder", help="image folder (searched recursively)")
+    source_args(p)
     p.add_argument("--output", "-o", required=True, help="index directory to write")
     p.add_argument("--include-model", action="store_true", help="copy the model into the index directory")
     p.add_argument(
@@ -503,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", help="Milvus collection name (default: from the output folder's name)")
     progress_args(p)
     workers_arg(p)
+    device_arg(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser(
@@ -523,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--filter", metavar="EXPR", help="metadata filter, e.g. \"category == 'shoes'\" (Milvus backend)"
     )
     p.add_argument("--no-verify", action="store_true", help="skip checksum verification of the index files")
+    device_arg(p)
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser(
@@ -544,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", action="store_true", help="also evaluate the hand-crafted baselines")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    device_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -579,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny data and training)")
     p.add_argument("--train-seconds", type=float, default=None, help="total training budget (default 270)")
     p.add_argument("--seed", type=int, default=0)
+    device_arg(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -601,7 +669,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--expose-paths", action="store_true", help="give clients each hit's file path on this machine"
     )
+    device_arg(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "plot",
+        help="draw a training run's loss and validation curves",
+        description="Draw the loss and validation curves of RUN (from RUN/log.jsonl) to RUN/curves.png.",
+    )
+    p.add_argument("run", help="training run folder (the --output of `deeprank train`)")
+    p.add_argument("--output", "-o", metavar="PNG", help="image to write (default: RUN/curves.png)")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("info", help="print build information", description="Print how deeprank was built.")
     p.set_defaults(func=cmd_info)

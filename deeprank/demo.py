@@ -79,6 +79,7 @@ def _train_model(
     max_steps: int | None,
     batch_size: int,
     seed: int,
+    device: str = "auto",
 ) -> Path:
     """Train the small preset on in-memory images (via the image-folder path the CLI uses)."""
     from .data.fashion_mnist import export_image_folder
@@ -99,6 +100,7 @@ def _train_model(
         checkpoint_every=0,  # one checkpoint at the end: the demo never resumes
         overwrite=True,  # a rerun of the demo retrains into its own folder
         seed=seed,
+        device=device,
     )
     return Path(train(config, progress=True))
 
@@ -109,10 +111,14 @@ def run_demo(
     quick: bool = False,
     train_seconds: float | None = None,
     seed: int = 0,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Run the demo (module docstring) and return ``{"output", "results", "seconds"}``."""
+    """Run the demo (module docstring) and return ``{"output", "results", "seconds"}``.
+
+    ``device`` (``auto|cpu|cuda[:N]``) runs training and the model's embeddings."""
     from .data import category_of, load_fashion_mnist, random_crops
     from .data.fashion_mnist import export_image_folder
+    from .devices import resolve_device
     from .embedding import load_images
     from .evaluation import (
         baseline_embedders,
@@ -124,8 +130,10 @@ def run_demo(
     from .evaluation.plots import rank_heatmap, result_grid
     from .index import Index
     from .models import build_model, load_model
+    from .models.checkpoint import resolve_model
 
     start = time.perf_counter()
+    target = resolve_device(device)
     s = DemoSettings.quick() if quick else DemoSettings()
     if train_seconds is not None:
         s.train_seconds = float(train_seconds)
@@ -152,6 +160,7 @@ def run_demo(
             max_steps=s.max_steps,
             batch_size=s.batch_size,
             seed=seed,
+            device=device,
         )
         timings[f"train {name}"] = time.perf_counter() - t0
 
@@ -160,14 +169,14 @@ def run_demo(
     collection = out / "data" / "collection"
     if not collection.exists():
         export_image_folder(images[held], labels[held], collection)
-    index = Index.build(checkpoints["multiscale"], collection, progress=False)
+    index = Index.build(resolve_model(checkpoints["multiscale"], target)[0], collection, progress=False)
     index.save(out / "index")
     index = Index.load(out / "index")
     timings["index"] = time.perf_counter() - t0
     _say(f"indexed {len(index)} held-out images -> {out / 'index'}")
 
     # Evaluation tensors in index order (labels from the class sub-folder of each id).
-    model, _ = load_model(checkpoints["multiscale"])
+    model, _ = load_model(checkpoints["multiscale"], device=target)
     batch, kept, _ = load_images(index.paths, model.image_size, model.in_channels)
     categories = [category_of(i) for i in index.ids]
     names = sorted(set(categories))
@@ -182,7 +191,7 @@ def run_demo(
     torch.manual_seed(seed)
     embedders: dict[str, Any] = dict(baseline_embedders())
     embedders["untrained network"] = _model_embedder(build_model(untrained_config))
-    embedders["single-scale"] = _model_embedder(load_model(checkpoints["single-scale"])[0])
+    embedders["single-scale"] = _model_embedder(load_model(checkpoints["single-scale"], device=target)[0])
     embedders["multiscale (DeepRanking)"] = _model_embedder(model)
     methods, extra = {}, {}
     for name, fn in embedders.items():

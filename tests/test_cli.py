@@ -18,7 +18,19 @@ from deeprank.index import Index
 from deeprank.models import MultiScaleNet
 from deeprank.models.checkpoint import save_checkpoint
 
-SUBCOMMANDS = ["train", "embed", "index", "query", "evaluate", "triplets", "bench", "demo", "serve", "info"]
+SUBCOMMANDS = [
+    "train",
+    "plot",
+    "embed",
+    "index",
+    "query",
+    "evaluate",
+    "triplets",
+    "bench",
+    "demo",
+    "serve",
+    "info",
+]
 
 
 def run(capsys, *argv):

@@ -1,4 +1,5 @@
-"""Every input kind -> decoded images: image folders, triplet CSV files, unlabelled folders, Fashion-MNIST.
+"""Every input kind -> decoded images: image folders, triplet CSV files, unlabelled folders, Fashion-MNIST,
+Hugging Face datasets on disk and WebDataset shards.
 
 - :mod:`.images`: the one decode + resize path (files, PIL images, arrays), its pixel limit and
   unreadable-file handling.
@@ -6,6 +7,9 @@
 - :mod:`.store`: decoded images kept in memory up to a budget, for training.
 - :mod:`.augment`: pixel shifts, instance views, crops as queries.
 - :mod:`.fashion_mnist`: the bundled test split and the Debian package's train split.
+- :mod:`.records`: images as encoded bytes in a container, decoded by the one path;
+  :mod:`.hf` (``hf:PATH``: ``save_to_disk`` folders, ``.arrow``, ``.parquet``) and
+  :mod:`.webdataset` (``.tar`` shards of ``KEY.jpg`` + ``KEY.cls``) list them.
 """
 
 from __future__ import annotations

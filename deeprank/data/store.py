@@ -66,7 +66,7 @@ class ImageStore:
             self._lru.move_to_end(index)
             return self._block[slot].clone()  # type: ignore[index]
         try:
-            image = image_tensor(self.paths[index], self.image_size, self.channels)
+            image = self._decode(index)
         except UnreadableImage:
             self.bad.add(index)
             raise
@@ -84,6 +84,10 @@ class ImageStore:
         self._slot[index] = slot
         self._lru[index] = slot
         return image
+
+    def _decode(self, index: int) -> torch.Tensor:
+        """Image ``index`` as ``uint8 [C, S, S]`` (a subclass reads other media than files)."""
+        return image_tensor(self.paths[index], self.image_size, self.channels)
 
     def pil(self, index: int):
         """The full-resolution PIL image (for augmented views); raises :class:`UnreadableImage`."""

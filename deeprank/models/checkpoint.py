@@ -216,17 +216,21 @@ def load_state_model(state: Mapping[str, Any], path: str | Path) -> Any:
     return model.eval()
 
 
-def resolve_model(model: Any) -> tuple[torch.nn.Module, Path | None]:
+def resolve_model(
+    model: Any, device: str | torch.device | None = None
+) -> tuple[torch.nn.Module, Path | None]:
     """A model in eval mode from a model or a checkpoint directory, with that directory (if any).
 
     The one place where "a model or a checkpoint" arguments (``Index.build``, ``evaluate``, ``serve``)
-    become a model.
+    become a model. A checkpoint is loaded on ``device`` (default CPU; a model given is left where it
+    is) and remembers its directory (``checkpoint_dir``), so a model passed on keeps naming it.
     """
     if isinstance(model, (str, os.PathLike)):
         directory = Path(model)
         if not directory.exists():
             raise FileNotFoundError(f"model checkpoint not found: {directory}")
-        loaded, _ = load_model(directory, device="cpu")
+        loaded, _ = load_model(directory, device="cpu" if device is None else device)
+        loaded.checkpoint_dir = directory.resolve()
         return loaded, directory.resolve()
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch module or a checkpoint directory, got {type(model).__name__}")

@@ -8,6 +8,8 @@
 - :mod:`.budget`: how much of the budget is spent, and the learning-rate schedule.
 - :mod:`.state`: what a checkpoint keeps for resume, and how a resumed run is rebuilt.
 - :mod:`.loop`: :class:`Trainer` (one optimisation step) and :func:`train` (the run).
+- :mod:`.monitor`: what a run reports: :mod:`.logbook` (``RUN/log.jsonl``, TensorBoard) and
+  :mod:`.validation` (every ``val_every`` steps, the best model in ``RUN/best``).
 """
 
 from __future__ import annotations

@@ -44,7 +44,9 @@ class TrainConfig:
     Data (``data``): ``None`` = the bundled Fashion-MNIST test split; ``"fashion-mnist:train"`` /
     ``"fashion-mnist:test"``; a folder with one sub-folder per category; a ``.csv`` of
     ``query,positive,negative`` paths; or, with ``data_kind="unlabelled"``, a flat folder where each
-    image is its own instance. ``relevance``: ``None`` (class labels), ``"golden"`` (hand-crafted
+    image is its own instance; ``hf:PATH`` (a saved Hugging Face dataset, ``.arrow`` or ``.parquet``
+    file: ``image_column``, ``label_column``) or WebDataset ``.tar`` shards (``KEY.jpg`` + ``KEY.cls``).
+    ``relevance``: ``None`` (class labels), ``"golden"`` (hand-crafted
     features) or a CSV of ``image_a,image_b,score`` (names relative to the image folder).
 
     Budget: the run stops at the first of ``epochs`` (passes over the data), ``max_steps``,
@@ -56,7 +58,8 @@ class TrainConfig:
         metadata={
             "flag": "data",
             "help": "image folder (one sub-folder per category), triplet CSV, unlabelled folder "
-            "(--unlabelled), or fashion-mnist:train / fashion-mnist:test; default: the bundled "
+            "(--unlabelled), hf:PATH (a saved Hugging Face dataset, .arrow or .parquet), WebDataset .tar "
+            "shard(s), or fashion-mnist:train / fashion-mnist:test; default: the bundled "
             "Fashion-MNIST test split",
         },
     )
@@ -239,6 +242,37 @@ class TrainConfig:
             "themselves (default 2 GiB)",
         },
     )
+    image_column: str = field(
+        default="image",
+        metadata={"flag": "--image-column", "help": "image column of hf:PATH data"},
+    )
+    label_column: str = field(
+        default="label",
+        metadata={"flag": "--label-column", "help": "label column of hf:PATH data"},
+    )
+    tensorboard: bool = field(
+        default=False,
+        metadata={
+            "flag": "--tensorboard",
+            "help": "also write TensorBoard event files to OUTPUT/tensorboard (needs deeprank[tensorboard])",
+        },
+    )
+    val_every: int | None = field(
+        default=None,
+        metadata={
+            "flag": "--val-every",
+            "help": "validate every N steps (precision_at_1, similarity precision) into OUTPUT/log.jsonl; "
+            "the best checkpoint is kept in OUTPUT/best (needs --val or --val-fraction)",
+        },
+    )
+    val_fraction: float = field(
+        default=0.0,
+        metadata={"flag": "--val-fraction", "help": "share of the labelled images held out for validation"},
+    )
+    val: str | None = field(
+        default=None,
+        metadata={"flag": "--val", "help": "labelled validation data (a folder, hf:PATH or .tar shards)"},
+    )
     model_options: dict[str, Any] = field(
         default_factory=dict,
         metadata={"api_only": "a nested dict of other MultiScaleNet keys (conv, fc, mean, std...)"},
@@ -274,6 +308,16 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {config.schedule!r}")
     if config.mining not in MINING_MODES:
         raise ValueError(f"mining must be one of {', '.join(MINING_MODES)}, got {config.mining!r}")
+    if config.val_every is not None:
+        every = config.val_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"val_every must be an int >= 1 or None, got {config.val_every!r}")
+        if not config.val and not config.val_fraction:
+            raise ValueError("val_every needs validation data: val or val_fraction (--val, --val-fraction)")
+    if not 0 <= config.val_fraction < 1:
+        raise ValueError(f"val_fraction must be >= 0 and < 1, got {config.val_fraction}")
+    if config.val and config.val_fraction:
+        raise ValueError("give one of val (DATA) and val_fraction, not both")
     if config.max_shift is not None and (
         isinstance(config.max_shift, bool) or not isinstance(config.max_shift, int) or config.max_shift < 0
     ):

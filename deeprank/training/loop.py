@@ -29,6 +29,9 @@ DDP's averaged gradient is the one-process gradient of that batch, rank 0 decide
 and checkpoint times and broadcasts them, and every rank saves its sampler and random states
 (:mod:`deeprank.training.rankstate`) next to rank 0's checkpoint.
 
+Every step's loss, learning rate, triplets/s and share of active triplets go to ``RUN/log.jsonl``
+(and validation every ``val_every`` steps, the best model in ``RUN/best``), by rank 0: :mod:`.monitor`.
+
 Unreadable images are skipped with one warning each and counted (``config.json["progress"]["skipped"]``).
 """
 
@@ -71,7 +74,9 @@ from .distributed import (
     sum_floats,
     sync_batch_norm,
 )
+from .logbook import active_fraction
 from .mining import batch_all_triplet_loss, semi_hard_negatives
+from .monitor import RunMonitor
 from .rankstate import load_rank_state, save_rank_state
 from .sources import Batch, Source, build_source, data_kind
 from .state import Counters, ResumePoint, restore_state, resume_point, save_training
@@ -141,6 +146,7 @@ class StepStats:
     loss: float
     triplets: int
     lr: float
+    active_fraction: float = math.nan  # share of the step's sampled triplets with a non-zero hinge
 
 
 class Trainer:
@@ -318,7 +324,10 @@ class Trainer:
 
         Returns this rank's share of the step's loss (the loss itself on one process).
         """
-        loss, share = self._loss(self.net(x.contiguous(memory_format=self.memory_format)), labels)
+        embeddings = self.net(x.contiguous(memory_format=self.memory_format))
+        loss, share = self._loss(embeddings, labels)
+        # Of this rank's sampled triplets (the log is rank 0's), before mining changes them.
+        self.last_active_fraction = active_fraction(embeddings, self.config.margin)
         self.optimizer.zero_grad(set_to_none=True)
         if self.world.distributed:
             with collective("the gradient all-reduce", any_runtime_error=False):
@@ -346,7 +355,7 @@ class Trainer:
             value, total = sum_floats([share, triplets], self.world, "the loss sum")
             triplets = int(total)
         self.counters.record(triplets, value)
-        return StepStats(loss=value, triplets=triplets, lr=lr)
+        return StepStats(loss=value, triplets=triplets, lr=lr, active_fraction=self.last_active_fraction)
 
 
 class _Throughput:
@@ -447,6 +456,7 @@ def _run(config: TrainConfig, progress: bool, world: World) -> Path:
     start_time = last_save = time.monotonic()
     throughput = _Throughput(start_time, counters.triplets)
     first_step = counters.step
+    monitor = RunMonitor(trainer)  # RUN/log.jsonl, TensorBoard, validation (rank 0)
 
     def elapsed() -> float:  # training seconds of every session so far (rank 0's decide)
         return counters.elapsed_before + (time.monotonic() - start_time)
@@ -461,6 +471,7 @@ def _run(config: TrainConfig, progress: bool, world: World) -> Path:
             fraction, done, save = broadcast_floats([fraction, done, save], world, "the budget decision")
         if save:
             _checkpoint(trainer, elapsed(), finished=False, rate=throughput.rate)
+            monitor.checkpointed()
             last_save = time.monotonic()
         if done:
             break
@@ -468,14 +479,17 @@ def _run(config: TrainConfig, progress: bool, world: World) -> Path:
         now = time.monotonic()
         throughput.update(counters.triplets, now)
         _show(bar, trainer, throughput.rate, counters.elapsed_before + now - start_time)
+        monitor.after_step(stats, throughput.rate, counters.elapsed_before + now - start_time)
         if not math.isfinite(stats.loss):  # the global loss: every rank stops with this message
             bar.close()
+            monitor.close()
             raise DivergedError(f"training diverged at step {counters.step} (loss {stats.loss}); lower --lr")
     _show(bar, trainer, throughput.rate, elapsed(), force=True)
     bar.close()
     total = elapsed()
     finished = broadcast_floats([trainer.budget_spent(total) >= 1.0], world, "the final decision")[0]
     _checkpoint(trainer, total, finished=bool(finished), rate=throughput.rate)
+    monitor.close()
     if trainer.skipped.count:
         print(f"skipped {trainer.skipped.count} unreadable image(s)", file=sys.stderr)
     return Path(config.output)

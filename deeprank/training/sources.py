@@ -5,6 +5,9 @@
 * :class:`TripletListSource`: the fixed triplets of a CSV, shuffled each pass;
 * :class:`InstanceSource`: an unlabelled folder, each image its own instance.
 
+Labelled images (Fashion-MNIST, an image folder, ``hf:PATH``, WebDataset ``.tar`` shards) are opened in
+one place, :func:`labelled_data`, for training and for validation alike.
+
 :func:`build_source` picks and builds the source a :class:`~deeprank.training.config.TrainConfig` asks for.
 """
 
@@ -14,6 +17,7 @@ import random
 from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -23,6 +27,7 @@ from ..data.augment import augmented_view
 from ..data.fashion_mnist import load_fashion_mnist
 from ..data.folders import ImageFolder, UnlabelledFolder
 from ..data.images import SkippedImages, UnreadableImage, resize
+from ..data.records import RecordStore, is_records_spec, open_records
 from ..data.store import ImageStore
 from ..data.triplet_csv import read_triplet_csv
 from ..errors import EmptyCollectionError
@@ -36,11 +41,16 @@ __all__ = [
     "InstanceSource",
     "SampledSource",
     "Source",
+    "Labelled",
     "TripletListSource",
     "build_source",
     "data_kind",
+    "held_out_split",
+    "labelled_data",
+    "spec_kind",
 ]
 
+DATA_KINDS = ("fashion-mnist", "folder", "triplets", "unlabelled", "records")
 FASHION_MNIST_MEAN = [0.2860]
 FASHION_MNIST_STD = [0.3530]
 
@@ -106,6 +116,8 @@ class Source:
     #: whether categories are the whole relevance (no order inside a category), so in-batch mining
     #: over categories loses nothing the sampled triplets carry
     categories_are_relevance: bool = False
+    #: labelled images held out of training for validation (``val_fraction``), or None
+    held_out: Any = None
 
     @property
     def epoch_float(self) -> float:
@@ -332,50 +344,125 @@ class InstanceSource(Source):
         return {"kind": "unlabelled", "path": str(self.folder.root), "images": self.size}
 
 
-def data_kind(config: TrainConfig) -> str:
-    if config.data_kind != "auto":
-        if config.data_kind not in ("fashion-mnist", "folder", "triplets", "unlabelled"):
-            raise ValueError(
-                "data_kind must be auto, fashion-mnist, folder, triplets or unlabelled, "
-                f"got {config.data_kind!r}"
-            )
-        return config.data_kind
-    if config.data is None or str(config.data).startswith("fashion-mnist"):
+def spec_kind(data: str | None, kind: str = "auto") -> str:
+    """What a DATA spec is: fashion-mnist, folder, triplets, unlabelled or records (``hf:PATH``, WebDataset
+    ``.tar`` shards); ``kind`` other than ``auto`` is taken as given (only ``unlabelled`` cannot be told)."""
+    if kind != "auto":
+        if kind not in DATA_KINDS:
+            raise ValueError(f"data_kind must be auto, {', '.join(DATA_KINDS)}, got {kind!r}")
+        return kind
+    if data is None or str(data).startswith("fashion-mnist"):
         return "fashion-mnist"
-    path = Path(config.data)
+    if is_records_spec(str(data)):
+        return "records"
+    path = Path(data)
     if path.suffix.lower() == ".csv":
         return "triplets"
     if path.is_dir():
         return "folder"
-    raise FileNotFoundError(f"training data not found: {path} (an image folder or a triplet CSV expected)")
+    raise FileNotFoundError(
+        f"training data not found: {path} (an image folder, a triplet CSV, hf:PATH or .tar shards expected)"
+    )
+
+
+def data_kind(config: TrainConfig) -> str:
+    return spec_kind(config.data, config.data_kind)
+
+
+@dataclass
+class Labelled:
+    """Labelled images of one DATA spec: the pixels (a tensor) or a store, labels, what they are, the
+    model normalisation they suggest, and the image folder (for a relevance table's names), if any."""
+
+    images: torch.Tensor | ImageStore
+    labels: np.ndarray
+    description: dict[str, Any]
+    norm: dict[str, Any]
+    folder: Any = None
+
+    def subset(self, indices: np.ndarray) -> Labelled:
+        """The images at ``indices`` (a split), in that order."""
+        idx = np.asarray(indices, dtype=np.int64)
+        images: torch.Tensor | ImageStore
+        folder = self.folder
+        if isinstance(self.images, torch.Tensor):
+            images = self.images[torch.from_numpy(idx)]
+        elif isinstance(self.images, RecordStore):
+            s = self.images
+            budget = s.reserved_bytes
+            images = RecordStore(s.records.subset(idx), s.image_size, s.channels, budget)
+        else:
+            s = self.images
+            paths = [s.paths[i] for i in idx]
+            images = ImageStore(paths, s.image_size, s.channels, s.reserved_bytes)
+            if folder is not None:
+                folder = SimpleNamespace(root=folder.root, paths=paths)
+        return Labelled(images, self.labels[idx], dict(self.description), self.norm, folder)
+
+
+def labelled_data(
+    data: str | None, kind: str, config: TrainConfig, image_size: int, channels: int, skipped: SkippedImages
+) -> Labelled:
+    """The labelled images of ``data`` (of kind ``fashion-mnist``, ``folder`` or ``records``): the one place
+    training and validation data are opened."""
+    if kind == "fashion-mnist":
+        split, _, where = (str(data or "fashion-mnist:test").partition(":")[2] or "test").partition(":")
+        images, labels = load_fashion_mnist(split, where or None)
+        tensor = resize(torch.from_numpy(images)[:, None], image_size)
+        if channels == 3:
+            tensor = tensor.expand(-1, 3, -1, -1)
+        desc = {"kind": "fashion-mnist", "split": split, "images": int(len(labels))}
+        norm = {"mean": FASHION_MNIST_MEAN * channels, "std": FASHION_MNIST_STD * channels}
+        return Labelled(tensor.contiguous(), labels, desc, norm)
+    assert data is not None
+    if kind == "records":
+        records = open_records(data, image_column=config.image_column, label_column=config.label_column)
+        skipped.paths.update(name for name, _ in records.skipped)  # already warned about
+        store = RecordStore(records, image_size, channels, config.max_cache_bytes)
+        desc = {**records.description, "classes": records.classes}
+        return Labelled(store, records.labels, desc, {})
+    if kind != "folder":
+        raise ValueError(f"{data}: labelled images expected (a folder, hf:PATH or .tar shards), not {kind}")
+    folder = ImageFolder(data)
+    skipped.paths.update(path for path, _ in folder.skipped)  # unlistable entries: already warned about
+    store = ImageStore(folder.paths, image_size, channels, config.max_cache_bytes)
+    desc = {"kind": "folder", "path": str(folder.root), "images": len(folder), "classes": folder.classes}
+    return Labelled(store, folder.labels, desc, {}, folder)
+
+
+def held_out_split(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(training rows, held-out rows)``: a seeded random ``fraction`` of ``range(count)`` held out."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {fraction}")
+    held = max(1, round(fraction * count))
+    if count - held < 2:
+        raise ValueError(f"val_fraction {fraction} of {count} images leaves fewer than 2 to train on")
+    order = np.random.default_rng(seed + 7).permutation(count)
+    return np.sort(order[held:]), np.sort(order[:held])
 
 
 def build_source(
     config: TrainConfig, image_size: int, channels: int, skipped: SkippedImages
 ) -> tuple[Source, dict[str, Any]]:
-    """The triplet source and the model normalisation it suggests."""
+    """The triplet source and the model normalisation it suggests.
+
+    With ``config.val_fraction`` a seeded share of the labelled images is held out of training; the
+    source's ``held_out`` holds it (:mod:`deeprank.training.validation`).
+    """
     kind = data_kind(config)
-    if kind == "fashion-mnist":
-        split, _, where = (str(config.data or "fashion-mnist:test").partition(":")[2] or "test").partition(
-            ":"
-        )
-        images, labels = load_fashion_mnist(split, where or None)
-        tensor = resize(torch.from_numpy(images)[:, None], image_size)
-        if channels == 3:
-            tensor = tensor.expand(-1, 3, -1, -1)
-        tensor = tensor.contiguous()
-        relevance = build_relevance(config, list(range(len(labels))), labels, tensor, None)
-        desc = {"kind": "fashion-mnist", "split": split, "images": int(len(labels))}
-        norm = {"mean": FASHION_MNIST_MEAN * channels, "std": FASHION_MNIST_STD * channels}
-        return SampledSource(tensor, labels, relevance, config, skipped, desc), norm
-    assert config.data is not None
-    if kind == "triplets":
-        return TripletListSource(config.data, config, image_size, channels, skipped), {}
-    if kind == "unlabelled":
-        return InstanceSource(config.data, config, image_size, channels, skipped), {}
-    folder = ImageFolder(config.data)
-    skipped.paths.update(path for path, _ in folder.skipped)  # unlistable entries: already warned about
-    store = ImageStore(folder.paths, image_size, channels, config.max_cache_bytes)
-    relevance = build_relevance(config, list(range(len(folder))), folder.labels, store, folder)
-    desc = {"kind": "folder", "path": str(folder.root), "images": len(folder), "classes": folder.classes}
-    return SampledSource(store, folder.labels, relevance, config, skipped, desc), {}
+    if kind in ("triplets", "unlabelled"):
+        if config.val_fraction:
+            raise ValueError(f"val_fraction needs labelled images; {config.data} is {kind} data (use --val)")
+        assert config.data is not None
+        cls = TripletListSource if kind == "triplets" else InstanceSource
+        return cls(config.data, config, image_size, channels, skipped), {}
+    data = labelled_data(config.data, kind, config, image_size, channels, skipped)
+    held = None
+    if config.val_fraction:
+        train_rows, held_rows = held_out_split(len(data.labels), config.val_fraction, config.seed)
+        data, held = data.subset(train_rows), data.subset(held_rows)
+        data.description["held_out"] = len(held_rows)
+    relevance = build_relevance(config, list(range(len(data.labels))), data.labels, data.images, data.folder)
+    source = SampledSource(data.images, data.labels, relevance, config, skipped, data.description)
+    source.held_out = held
+    return source, data.norm

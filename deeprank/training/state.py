@@ -175,6 +175,10 @@ class ResumePoint:
     state: dict[str, Any] = field(repr=False)
 
 
+#: Files a training run writes beside its checkpoint (:mod:`deeprank.training.monitor`, ``deeprank plot``).
+RUN_REPORTS = frozenset({"log.jsonl", "tensorboard", "best", "curves.png"})
+
+
 def check_output(config: TrainConfig) -> None:
     """Refuse a fresh run into a non-empty output folder unless ``resume`` or ``overwrite`` is set.
 
@@ -186,7 +190,9 @@ def check_output(config: TrainConfig) -> None:
         raise DeeprankError(f"the output folder {output} is a file")
     if config.resume or config.overwrite or not output.is_dir():
         return
-    if any(output.iterdir()):
+    # What a run writes before its first checkpoint (its log, TensorBoard files, best model so far) is
+    # no earlier model: a run killed then may start again in the same folder.
+    if any(p.name not in RUN_REPORTS for p in output.iterdir()):
         raise DeeprankError(
             f"the output folder {output} is not empty; pass --resume to continue the run in it "
             "or --overwrite to replace its checkpoint"

@@ -15,7 +15,7 @@ import torch
 from ranks import free_port, launch, train_ranks
 
 from deeprank.index import Index
-from deeprank.models.checkpoint import load_model
+from deeprank.models.checkpoint import STATE_FILE, load_model
 
 # Small and fast: 28 px, batch 4, one CPU thread per rank (this machine has two cores).
 QUICK = ["--batch-size", "4", "--device", "cpu", "--warmup-steps", "2", "--no-progress"]
@@ -34,13 +34,9 @@ def test_torchrun_trains_one_model_that_loads_and_indexes(image_folder, tmp_path
     command += ["--checkpoint-every", "0", *QUICK]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == [
-        "config.json",
-        "model.safetensors",
-        "rank-0.json",
-        "rank-1.json",
-        "train_state.pt",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["config.json", "log.jsonl", "model.safetensors", "rank-0.json", "rank-1.json", STATE_FILE]
+    )
     progress = _progress(out)
     assert (progress["step"], progress["triplets"], progress["finished"]) == (3, 3 * 2 * 4, True)
     model, config = load_model(out)

@@ -63,9 +63,13 @@ def test_a_step_is_one_nesterov_sgd_step_on_the_ranking_hinge(small):
     stats = trainer.step(0.04)
 
     q, p, n = reference(batch.images.double() / 255).chunk(3)
-    loss = (1.0 + (q - p).pow(2).sum(1) - (q - n).pow(2).sum(1)).clamp_min(0.0).mean()
+    hinge = 1.0 + (q - p).pow(2).sum(1) - (q - n).pow(2).sum(1)
+    loss = hinge.clamp_min(0.0).mean()
     loss.backward()
-    assert stats == StepStats(loss=pytest.approx(loss.item(), rel=1e-5), triplets=8, lr=0.04)
+    active = float((hinge > 0).double().mean())  # the share of triplets with a non-zero hinge
+    assert stats == StepStats(
+        loss=pytest.approx(loss.item(), rel=1e-5), triplets=8, lr=0.04, active_fraction=active
+    )
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.04]
     assert (trainer.counters.step, trainer.counters.triplets) == (1, 8)
     trained = dict(trainer.model.named_parameters())
