@@ -69,7 +69,7 @@ def build_index(
     """An :class:`~deeprank.index.Index` of ``source``: an image folder (:meth:`Index.build`, ids the
     relative paths), ``hf:PATH`` (its ``image_column``; ids ``NAME[row]``) or WebDataset ``.tar``
     shards (ids ``SHARD/MEMBER``). Unreadable images are skipped and listed in ``index.skipped``."""
-    from .data.records import is_records_spec, open_records
+    from .data.record_specs import is_records_spec, open_records
     from .index import Index
 
     net = model_on(model, device)

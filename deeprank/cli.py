@@ -154,7 +154,7 @@ def _index_on(path: str, model: str | None, device: str, *, verify: bool = True)
 def _build_index(args: argparse.Namespace) -> Index:
     """Embed ``args.folder`` (or ``hf:PATH``, ``.tar`` shards) with ``args.model`` (``embed``, ``index``)."""
     from .api import build_index
-    from .data.records import is_records_spec
+    from .data.record_specs import is_records_spec
 
     if not is_records_spec(args.folder):
         _existing_dir(args.folder, "image folder")

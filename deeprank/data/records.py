@@ -7,8 +7,7 @@ the one decode path (:func:`~deeprank.data.images.decode_image`: pixel limit, al
 truncated data), so a hostile or broken member is one more :class:`UnreadableImage`, skipped and
 counted like an unreadable file.
 
-:func:`open_records` picks the reader for a data spec: ``hf:PATH`` or a ``.tar`` shard (or a glob of
-them).
+:func:`deeprank.data.record_specs.open_records` picks the reader for a data spec.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import torch
 from .images import UnreadableImage, decode_image, image_tensor, open_image
 from .store import ImageStore
 
-__all__ = ["Records", "RecordStore", "is_records_spec", "open_records"]
+__all__ = ["Records", "RecordStore"]
 
 #: Largest encoded image a container member may hold; a larger one is skipped, never read whole.
 MAX_MEMBER_BYTES = 256 << 20
@@ -93,22 +92,3 @@ class RecordStore(ImageStore):
         except UnreadableImage:
             self.bad.add(index)
             raise
-
-
-def is_records_spec(data: str) -> bool:
-    """Whether a data spec names a container of records (``hf:...``, ``*.tar``) rather than a folder."""
-    return data.startswith("hf:") or data.lower().endswith(".tar")
-
-
-def open_records(data: str, *, image_column: str = "image", label_column: str | None = "label") -> Records:
-    """The records of ``hf:PATH`` (:func:`deeprank.data.hf.open_hf`) or WebDataset ``.tar`` shards
-    (:func:`deeprank.data.webdataset.open_shards`; a glob such as ``shards/train-*.tar`` for several).
-
-    ``label_column=None``: labels are not needed (embedding); each record is then its own class."""
-    if data.startswith("hf:"):
-        from .hf import open_hf
-
-        return open_hf(data[3:], image_column=image_column, label_column=label_column)
-    from .webdataset import open_shards
-
-    return open_shards(data, labelled=label_column is not None)

@@ -27,7 +27,8 @@ from ..data.augment import augmented_view
 from ..data.fashion_mnist import load_fashion_mnist
 from ..data.folders import ImageFolder, UnlabelledFolder
 from ..data.images import SkippedImages, UnreadableImage, resize
-from ..data.records import RecordStore, is_records_spec, open_records
+from ..data.record_specs import is_records_spec, open_records
+from ..data.records import RecordStore
 from ..data.store import ImageStore
 from ..data.triplet_csv import read_triplet_csv
 from ..errors import EmptyCollectionError
