@@ -56,7 +56,7 @@ def make_folder(work: Path, count: int) -> tuple[Path, str]:
 
 
 class Sampler(threading.Thread):
-    """Reads RSS every ``interval`` seconds (and once at the start) until stopped."""
+    """Reads RSS at the start and every ``interval`` seconds until stopped (all while training)."""
 
     def __init__(self, interval: float) -> None:
         super().__init__(daemon=True)
@@ -75,8 +75,26 @@ class Sampler(threading.Thread):
 
     def stop(self) -> None:
         self.done.set()
-        self.join()
-        self.sample()
+        self.join()  # no sample now: the run has returned and freed its model and images
+
+
+def summarise(samples: list[dict[str, float]], warmup: float) -> dict[str, float]:
+    """Growth of RSS after ``warmup`` seconds: last minus first sample, and a least-squares slope."""
+    after = [s for s in samples if s["t_s"] >= warmup] or samples[-1:]
+    growth = samples[-1]["rss_mb"] - after[0]["rss_mb"]
+    t = [s["t_s"] / 60 for s in after]
+    y = [s["rss_mb"] for s in after]
+    mean_t, mean_y = sum(t) / len(t), sum(y) / len(y)
+    var = sum((a - mean_t) ** 2 for a in t)
+    slope = sum((a - mean_t) * (b - mean_y) for a, b in zip(t, y, strict=True)) / var if var else 0.0
+    return {
+        "rss_first_mb": samples[0]["rss_mb"],
+        "rss_after_warmup_mb": after[0]["rss_mb"],
+        "rss_peak_mb": max(s["rss_mb"] for s in samples),
+        "rss_last_mb": samples[-1]["rss_mb"],
+        "growth_after_warmup_mb": round(growth, 1),
+        "slope_after_warmup_mb_per_min": round(slope, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,9 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     sampler.stop()
 
     samples = sampler.samples
-    after = [s for s in samples if s["t_s"] >= args.warmup] or samples[-1:]
-    growth = samples[-1]["rss_mb"] - after[0]["rss_mb"]
-    minutes = max((samples[-1]["t_s"] - after[0]["t_s"]) / 60, 1e-9)
+    summary = summarise(samples, args.warmup)
+    growth = summary["growth_after_warmup_mb"]
     progress = load_config(config.output)["progress"]
     result = {
         "what": "RSS of one `deeprank train` process on a PNG folder (defaults: small preset, batch 64)",
@@ -128,12 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": progress["step"],
         "triplets": progress["triplets"],
         "skipped": progress["skipped"],
-        "rss_first_mb": samples[0]["rss_mb"],
-        "rss_after_warmup_mb": after[0]["rss_mb"],
-        "rss_peak_mb": max(s["rss_mb"] for s in samples),
-        "rss_last_mb": samples[-1]["rss_mb"],
-        "growth_after_warmup_mb": round(growth, 1),
-        "growth_mb_per_min": round(growth / minutes, 2),
+        **summary,
         "samples": samples,
         "machine": {
             "python": platform.python_version(),
