@@ -3,6 +3,7 @@
 - :mod:`.multiscale`: :class:`MultiScaleNet` (paper Fig. 3) and :func:`build_model`.
 - :mod:`.presets`: the ``paper``, ``small`` and ``lite0`` architecture configurations.
 - :mod:`.efficientnet_lite`: the ImageNet-pretrained EfficientNet-Lite0 trunk of ``lite0`` and its loader.
+- :mod:`.trunk_cache`: the trunk's training modes (frozen + feature cache, last blocks, full).
 - :mod:`.weights`: reading a user's weight file for the ConvNet branch.
 - :mod:`.checkpoint`: safetensors weights + JSON config on disk; :func:`load_model`, :func:`resolve_model`.
 """
