@@ -443,14 +443,52 @@ def _round(d: dict) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="deeprank",
-        description="Fine-grained image similarity and search by example (Deep Ranking, CVPR 2014).",
+def model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--model",
+        "-m",
+        required=required,
+        metavar="CHECKPOINT",
+        help="trained model (checkpoint directory)",
     )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+
+def source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "folder",
+        help="image folder (searched recursively), hf:PATH (a saved Hugging Face dataset, .arrow or "
+        ".parquet) or WebDataset .tar shard(s)",
+    )
+    p.add_argument("--image-column", default="image", help="image column of hf:PATH data (image)")
+
+
+def device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help="where the model runs: auto (a CUDA GPU if there is one), cpu, cuda or cuda:N (auto)",
+    )
+
+
+def progress_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (256)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def workers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="processes decoding images while the model runs (default: one per core but one, "
+        "at most 8; 0: decode in-process)",
+    )
+
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``train`` command's arguments."""
     p = sub.add_parser("train", help="train a model on images or triplets", description="Train a model.")
     try:
         from .training.config import add_train_arguments
@@ -461,45 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    def model_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
-        p.add_argument(
-            "--model",
-            "-m",
-            required=required,
-            metavar="CHECKPOINT",
-            help="trained model (checkpoint directory)",
-        )
 
-    def source_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "folder",
-            help="image folder (searched recursively), hf:PATH (a saved Hugging Face dataset, .arrow or "
-            ".parquet) or WebDataset .tar shard(s)",
-        )
-        p.add_argument("--image-column", default="image", help="image column of hf:PATH data (image)")
-
-    def device_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--device",
-            default="auto",
-            metavar="DEVICE",
-            help="where the model runs: auto (a CUDA GPU if there is one), cpu, cuda or cuda:N (auto)",
-        )
-
-    def progress_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--batch-size", type=_positive_int, default=256, help="images per batch (256)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    def workers_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--workers",
-            type=_count,
-            default=None,
-            metavar="N",
-            help="processes decoding images while the model runs (default: one per core but one, "
-            "at most 8; 0: decode in-process)",
-        )
-
+def _add_embed(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``embed`` command's arguments."""
     p = sub.add_parser(
         "embed",
         help="embed an image folder and export vectors",
@@ -537,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_embed)
 
+
+def _add_index(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``index`` command's arguments."""
     p = sub.add_parser(
         "index",
         help="build a searchable index of an image folder",
@@ -570,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     device_arg(p)
     p.set_defaults(func=cmd_index)
 
+
+def _add_query(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``query`` command's arguments."""
     p = sub.add_parser(
         "query",
         help="find the images most like the given ones",
@@ -591,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     device_arg(p)
     p.set_defaults(func=cmd_query)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``evaluate`` command's arguments."""
     p = sub.add_parser(
         "evaluate",
         help="measure a model (and the baselines) on a labelled folder",
@@ -613,6 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
     device_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_triplets(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``triplets`` command's arguments."""
     p = sub.add_parser(
         "triplets",
         help="write a triplet CSV from a labelled folder",
@@ -625,6 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_triplets)
 
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``bench`` command's arguments."""
     p = sub.add_parser(
         "bench",
         help="run the kernel benchmarks (source checkout)",
@@ -635,6 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--args", default="", metavar="ARGS", help="arguments passed to each script, quoted")
     p.set_defaults(func=cmd_bench)
 
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``demo`` command's arguments."""
     p = sub.add_parser(
         "demo",
         help="train, index and evaluate on bundled Fashion-MNIST",
@@ -649,6 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
     device_arg(p)
     p.set_defaults(func=cmd_demo)
 
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``serve`` command's arguments."""
     p = sub.add_parser(
         "serve", help="serve an index over HTTP (needs deeprank[serve])", description="Serve INDEX over HTTP."
     )
@@ -672,6 +695,9 @@ def build_parser() -> argparse.ArgumentParser:
     device_arg(p)
     p.set_defaults(func=cmd_serve)
 
+
+def _add_plot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``plot`` command's arguments."""
     p = sub.add_parser(
         "plot",
         help="draw a training run's loss and validation curves",
@@ -681,8 +707,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="PNG", help="image to write (default: RUN/curves.png)")
     p.set_defaults(func=cmd_plot)
 
+
+def _add_info(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``info`` command's arguments."""
     p = sub.add_parser("info", help="print build information", description="Print how deeprank was built.")
     p.set_defaults(func=cmd_info)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deeprank",
+        description="Fine-grained image similarity and search by example (Deep Ranking, CVPR 2014).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (
+        _add_train,
+        _add_embed,
+        _add_index,
+        _add_query,
+        _add_evaluate,
+        _add_triplets,
+        _add_bench,
+        _add_demo,
+        _add_serve,
+        _add_plot,
+        _add_info,
+    ):
+        add(sub)
     return parser
 
 

@@ -116,6 +116,8 @@ def run_demo(
     """Run the demo (module docstring) and return ``{"output", "results", "seconds"}``.
 
     ``device`` (``auto|cpu|cuda[:N]``) runs training and the model's embeddings."""
+    # Long on purpose: the module docstring's five steps in order, as a user would type them, each
+    # a few calls into the library; split up, the steps would only pass a dozen locals around.
     from .data import category_of, load_fashion_mnist, random_crops
     from .data.fashion_mnist import export_image_folder
     from .devices import resolve_device
