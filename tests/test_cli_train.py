@@ -4,7 +4,6 @@ import os
 import pickle
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -120,8 +119,8 @@ def test_a_convnet_weights_file_that_is_not_one_is_one_line(capsys, tmp_path, su
 
 
 def test_a_bad_output_cache_setting_warns_and_training_runs(tmp_path):
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "DEEPRANK_OUTPUT_CACHE_MB": "abc", "PYTHONPATH": str(root)}
+    # os.environ's PYTHONPATH (tests/conftest.py) points at the deeprank this process imported.
+    env = {**os.environ, "DEEPRANK_OUTPUT_CACHE_MB": "abc"}
     argv = [sys.executable, "-m", "deeprank", "train", "-o", str(tmp_path / "o"), *SMALL]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
