@@ -79,7 +79,15 @@ from .mining import batch_all_triplet_loss, semi_hard_negatives
 from .monitor import RunMonitor
 from .rankstate import load_rank_state, save_rank_state
 from .sources import Batch, Source, build_source, data_kind
-from .state import Counters, ResumePoint, restore_state, resume_point, save_training
+from .state import (
+    Counters,
+    ResumePoint,
+    capture_sampling,
+    restore_sampling,
+    restore_state,
+    resume_point,
+    save_training,
+)
 
 __all__ = ["DivergedError", "StepStats", "Trainer", "default_max_shift", "train"]
 
@@ -229,14 +237,7 @@ class Trainer:
     # ----------------------------------------------------------------------------- per rank
     def rank_state(self) -> dict[str, Any]:
         """This rank's sampling and random state (``rank-{r}.json``, :mod:`.rankstate`)."""
-        cuda = self.device.type == "cuda"
-        return {
-            "source": self.source.state_dict(),
-            "augment_rng": self.augment_rng.get_state(),
-            "mining_rng": self.mining_rng.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None,
-        }
+        return {**capture_sampling(self), "mining_rng": self.mining_rng.get_state()}
 
     def _restore_ranks(self) -> None:
         """After :func:`restore_state` (rank 0's state): each rank's own sampling and random state.
@@ -252,13 +253,8 @@ class Trainer:
         same = sum_floats([float(saved_world == world.size)], world, "the resume check")[0] == world.size
         if same:
             if mine is not None:
-                state = mine["state"]
-                self.source.load_state_dict(state["source"])
-                self.augment_rng.set_state(state["augment_rng"])
-                self.mining_rng.set_state(state["mining_rng"])
-                torch.set_rng_state(state["torch_rng"])
-                if self.device.type == "cuda" and state.get("cuda_rng") is not None:
-                    torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+                restore_sampling(self, mine["state"])
+                self.mining_rng.set_state(mine["state"]["mining_rng"])
             return
         epoch = math.ceil(self.source.epoch_float)
         shard_source(self.source, world, config.seed, restart_step=step, epoch=epoch)

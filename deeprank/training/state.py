@@ -100,16 +100,32 @@ class Resumable(Protocol):
     skipped: SkippedImages
 
 
-def capture_state(trainer: Resumable, elapsed: float) -> dict[str, Any]:
-    """The training state of ``trainer`` after ``elapsed`` training seconds (all sessions)."""
+def capture_sampling(trainer: Resumable) -> dict[str, Any]:
+    """What the next triplets and random draws depend on: the source's sampler and the generators."""
     device = trainer.device
     return {
-        "train": trainer.config.to_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
         "source": trainer.source.state_dict(),
         "augment_rng": trainer.augment_rng.get_state(),
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def restore_sampling(trainer: Resumable, state: Mapping[str, Any]) -> None:
+    """Put a :func:`capture_sampling` state back."""
+    trainer.source.load_state_dict(state["source"])
+    trainer.augment_rng.set_state(state["augment_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if trainer.device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], trainer.device)
+
+
+def capture_state(trainer: Resumable, elapsed: float) -> dict[str, Any]:
+    """The training state of ``trainer`` after ``elapsed`` training seconds (all sessions)."""
+    return {
+        "train": trainer.config.to_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        **capture_sampling(trainer),
         "step": trainer.counters.step,
         "triplets": trainer.counters.triplets,
         "elapsed": elapsed,
@@ -121,11 +137,7 @@ def capture_state(trainer: Resumable, elapsed: float) -> dict[str, Any]:
 def restore_state(trainer: Resumable, state: Mapping[str, Any]) -> None:
     """Put a :func:`capture_state` state back into a trainer built from the same configuration."""
     trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.source.load_state_dict(state["source"])
-    trainer.augment_rng.set_state(state["augment_rng"])
-    torch.set_rng_state(state["torch_rng"])
-    if trainer.device.type == "cuda" and state.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(state["cuda_rng"], trainer.device)
+    restore_sampling(trainer, state)
     trainer.counters = Counters(
         step=int(state["step"]),
         triplets=int(state["triplets"]),
